@@ -1,0 +1,136 @@
+"""The ``geventcheck`` command. Exit codes: 0 all go, 1 findings, 2 usage, 3 internal error."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+import traceback
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from . import _version
+from ._judge import judge
+from ._model import Report, Settings
+from .patches import SHIMS
+from .report import render_json, render_table, write_atomic
+from .runner._parent import Auditor, AuditError, Callbacks, TaskRecord
+
+EXIT_USAGE = 2
+EXIT_INTERNAL = 3
+
+
+def _positive(kind: type[float] | type[int]) -> Any:
+    def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is not None and value <= 0:
+            raise click.BadParameter(f"expected a positive number, got {value!r}")
+        return value
+
+    return check
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(_version.__version__, prog_name="geventcheck")
+def cli() -> None:
+    """Is this Celery task safe to run on a gevent worker? And if not, why, and how to fix it."""
+
+
+@cli.command()
+@click.option("-A", "--app", "app", required=True, metavar="MODULE[:ATTR]",
+              help="The Celery app, resolved as `celery -A` does.")
+@click.option("--django-settings", metavar="MODULE",
+              help="Django settings module (default: $DJANGO_SETTINGS_MODULE); "
+                   "django.setup() runs after patching.")
+@click.option("--task", "globs", multiple=True, metavar="GLOB",
+              help="Only tasks whose name matches (repeatable).")
+@click.option("-c", "--concurrency", default=4, show_default=True, type=int,
+              callback=_positive(int), help="Concurrent copies per task, as the gevent pool runs them.")
+@click.option("--warn-ms", default=10.0, show_default=True, type=float, callback=_positive(float),
+              help="Report hub stalls longer than this.")
+@click.option("--threshold-ms", default=50.0, show_default=True, type=float,
+              callback=_positive(float), help="Stalls longer than this make a task no-go.")
+@click.option("--task-timeout", default=30.0, show_default=True, type=float,
+              callback=_positive(float), help="Seconds before a hung task becomes a finding.")
+@click.option("--runs", default=3, show_default=True, type=int, callback=_positive(int),
+              help="Measured solo runs per task (after one warm-up run).")
+@click.option("--shim", "shims", multiple=True, type=click.Choice(sorted(SHIMS)),
+              help="Apply a gevent shim in the audited process first (repeatable).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
+              help="Write the JSON report here (atomically).")
+@click.option("-v", "--verbose", is_flag=True, help="Also show info findings (warm-up stalls).")
+def audit(app: str, django_settings: str | None, globs: tuple[str, ...], concurrency: int,
+          warn_ms: float, threshold_ms: float, task_timeout: float, runs: int,
+          shims: tuple[str, ...], json_path: str | None, verbose: bool) -> None:
+    """Run every task of a Celery app under a monkey-patched gevent worker and judge it."""
+    if warn_ms > threshold_ms:
+        raise click.UsageError(f"--warn-ms ({warn_ms:g}) must not exceed --threshold-ms "
+                               f"({threshold_ms:g})")
+    if json_path and not os.path.isdir(os.path.dirname(os.path.abspath(json_path))):
+        raise click.UsageError(f"--json: folder {os.path.dirname(json_path)!r} does not exist")
+    settings = Settings(threshold_ms=threshold_ms, warn_ms=warn_ms, concurrency=concurrency,
+                        task_timeout_s=task_timeout, runs=runs, mode="inprocess",
+                        shims=tuple(shims))
+    out = Console(width=None if sys.stdout.isatty() else 160)
+    err = Console(stderr=True)
+    progress = Progress(TextColumn("[bold]auditing"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
+                        transient=True)
+    bar: dict[str, Any] = {}
+
+    def on_tasks(tasks: list[TaskRecord]) -> None:
+        runnable = [t for t in tasks if not t.required]
+        bar["id"] = progress.add_task("loading", total=len(runnable))
+
+    def on_start(task: TaskRecord) -> None:
+        progress.update(bar["id"], description=task.name)
+
+    def on_done(task: TaskRecord) -> None:
+        progress.advance(bar["id"])
+
+    auditor = Auditor(app, settings, django_settings=django_settings, globs=globs,
+                      callbacks=Callbacks(on_tasks, on_start, on_done))
+    with progress:
+        result = auditor.run()
+    if not result.tasks:
+        raise click.UsageError(
+            f"no tasks to audit in {app!r}" + (f" matching {', '.join(globs)}" if globs else ""))
+    report = Report(
+        tool_version=_version.__version__,
+        created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        app=app, settings=settings, environment=result.environment,
+        tasks=tuple(judge(rec, warn_ms) for rec in result.tasks),
+    )
+    if json_path:
+        write_atomic(json_path, render_json(report))
+    out.print(render_table(report, verbose=verbose))
+    for note in result.notes:
+        err.print(f"note: {note}", style="dim")
+    sys.exit(report.exit_code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: every failure is one line and a documented exit code."""
+    try:
+        cli.main(args=argv, prog_name="geventcheck", standalone_mode=False)
+    except click.UsageError as exc:
+        click.echo(f"geventcheck: error: {exc.format_message()}", err=True)
+        sys.exit(EXIT_USAGE)
+    except (AuditError, click.ClickException) as exc:
+        message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+        click.echo(f"geventcheck: error: {message}", err=True)
+        sys.exit(EXIT_USAGE)
+    except click.exceptions.Abort:
+        click.echo("geventcheck: aborted", err=True)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        click.echo("geventcheck: interrupted", err=True)
+        sys.exit(130)
+    except Exception:
+        click.echo("geventcheck: internal error (please report it with this trace):", err=True)
+        traceback.print_exc()
+        sys.exit(EXIT_INTERNAL)

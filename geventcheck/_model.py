@@ -1,0 +1,200 @@
+"""The report model: plain dataclasses that mirror ``report.schema.json``.
+
+Detectors and the runner produce these; renderers turn them into text. Keys
+that the schema spells with a dash (``no-go``) are mapped in ``to_dict``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+Severity = Literal["error", "warning", "info"]
+Verdict = Literal["go", "no-go", "skipped", "error"]
+Classification = Literal["io", "cpu", "mixed", "light", "unknown"]
+Pool = Literal["gevent", "prefork", "either"]
+DriverStatus = Literal["cooperative", "blocking", "shimmed", "unknown"]
+
+FINDING_KINDS = (
+    "blocking-call",
+    "cpu-bound",
+    "unsafe-driver",
+    "thread-local",
+    "global-state",
+    "concurrency-divergence",
+    "db-connections",
+    "unpatched-module",
+    "egress",
+    "deadlock",
+    "timeout",
+    "crash",
+    "task-error",
+    "warm-up",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    kind: str
+    severity: Severity
+    message: str
+    file: str | None = None
+    line: int | None = None
+    function: str | None = None
+    duration_ms: float | None = None
+    cpu_ms: float | None = None
+    native: str | None = None
+    endpoint: str | None = None
+    stack: tuple[str, ...] = ()
+    fix: str | None = None
+    count: int = 1
+    phase: str | None = None
+
+    @property
+    def where(self) -> str:
+        if self.file is None:
+            return ""
+        return f"{self.file}:{self.line}" if self.line is not None else self.file
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Finding:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in fields}
+        kwargs["stack"] = tuple(kwargs.get("stack") or ())
+        return cls(**kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stats:
+    runs: int = 0
+    wall_ms: float = 0.0
+    cpu_ms: float = 0.0
+    max_block_ms: float = 0.0
+    concurrent_wall_ms: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskReport:
+    name: str
+    queue: str | None
+    verdict: Verdict
+    classification: Classification
+    recommended_pool: Pool
+    stats: Stats
+    findings: tuple[Finding, ...] = ()
+
+    @property
+    def top_finding(self) -> Finding | None:
+        """The finding a reader should see first: most severe, then longest."""
+        rank = {"error": 0, "warning": 1, "info": 2}
+        judged = [f for f in self.findings if f.kind != "warm-up"]
+        if not judged:
+            return None
+        return min(judged, key=lambda f: (rank[f.severity], -(f.duration_ms or 0.0)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Driver:
+    name: str
+    status: DriverStatus
+    version: str | None = None
+    detail: str | None = None
+    fix: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Environment:
+    python: str
+    gevent: str
+    patched: bool
+    celery: str | None = None
+    django: str | None = None
+    drivers: tuple[Driver, ...] = ()
+    imported_before_patch: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    threshold_ms: float = 50.0
+    warn_ms: float = 10.0
+    concurrency: int = 4
+    task_timeout_s: float = 30.0
+    runs: int = 3
+    mode: Literal["inprocess", "worker"] = "worker"
+    shims: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    tool_version: str
+    created: str
+    app: str | None
+    settings: Settings
+    environment: Environment
+    tasks: tuple[TaskReport, ...]
+
+    def summary(self) -> dict[str, int]:
+        counts = {"go": 0, "no-go": 0, "skipped": 0, "error": 0}
+        for task in self.tasks:
+            counts[task.verdict] += 1
+        return counts
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every task is go, 1 when any is no-go (skipped tasks do not fail)."""
+        return 1 if any(t.verdict in ("no-go", "error") for t in self.tasks) else 0
+
+
+def _drop_none(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def finding_to_dict(finding: Finding) -> dict[str, Any]:
+    data = dataclasses.asdict(finding)
+    data["stack"] = list(finding.stack)
+    return data
+
+
+def report_to_dict(report: Report) -> dict[str, Any]:
+    """The JSON document of ``report.schema.json`` (version 1)."""
+    settings = report.settings
+    env = report.environment
+    return {
+        "schema": "geventcheck/report-v1",
+        "tool": {"name": "geventcheck", "version": report.tool_version},
+        "created": report.created,
+        "app": report.app,
+        "settings": {
+            "threshold_ms": settings.threshold_ms,
+            "warn_ms": settings.warn_ms,
+            "concurrency": settings.concurrency,
+            "mode": settings.mode,
+            "shims": list(settings.shims),
+            "task_timeout_s": settings.task_timeout_s,
+            "runs": settings.runs,
+        },
+        "environment": {
+            "python": env.python,
+            "gevent": env.gevent,
+            "celery": env.celery,
+            "django": env.django,
+            "patched": env.patched,
+            "drivers": [
+                {**_drop_none(dataclasses.asdict(d)), "version": d.version} for d in env.drivers
+            ],
+            "imported_before_patch": list(env.imported_before_patch),
+        },
+        "tasks": [
+            {
+                "name": t.name,
+                "queue": t.queue,
+                "verdict": t.verdict,
+                "classification": t.classification,
+                "recommended_pool": t.recommended_pool,
+                "stats": _drop_none(dataclasses.asdict(t.stats)),
+                "findings": [finding_to_dict(f) for f in t.findings],
+            }
+            for t in report.tasks
+        ],
+        "summary": report.summary(),
+    }

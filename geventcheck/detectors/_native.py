@@ -1,0 +1,216 @@
+"""Reading what a blocked OS thread is doing, from /proc and its Python frame.
+
+Everything here runs in the monitor's native thread while the audited thread
+is stalled, so it must never touch the gevent hub: plain file reads only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import inspect
+import ipaddress
+import os
+import platform
+import struct
+import types
+from dataclasses import dataclass
+
+# Linux syscall numbers by machine; only the ones a stalled thread sits in.
+_SYSCALLS = {
+    "x86_64": {
+        0: "read", 1: "write", 7: "poll", 17: "pread64", 20: "writev", 23: "select",
+        35: "nanosleep", 42: "connect", 43: "accept", 44: "sendto", 45: "recvfrom",
+        46: "sendmsg", 47: "recvmsg", 61: "wait4", 72: "fcntl", 73: "flock",
+        202: "futex", 230: "clock_nanosleep", 232: "epoll_wait", 270: "pselect6",
+        271: "ppoll", 281: "epoll_pwait", 288: "accept4", 247: "waitid",
+    },
+    "aarch64": {
+        25: "fcntl", 32: "flock", 63: "read", 64: "write", 66: "writev", 72: "pselect6",
+        73: "ppoll", 98: "futex", 101: "nanosleep", 115: "clock_nanosleep",
+        22: "epoll_pwait", 202: "accept", 203: "connect", 206: "sendto",
+        207: "recvfrom", 211: "sendmsg", 212: "recvmsg", 242: "accept4", 260: "wait4",
+        95: "waitid",
+    },
+}[platform.machine()] if platform.machine() in ("x86_64", "aarch64") else {}
+
+# Syscalls whose first argument is the file descriptor waited on.
+_FD_FIRST = {
+    "read", "write", "pread64", "writev", "connect", "accept", "accept4", "sendto",
+    "recvfrom", "sendmsg", "recvmsg", "fcntl", "flock",
+}
+_POLL_LIKE = {"poll", "ppoll"}
+
+# What the syscall means for a reader, in the words of a finding.
+WAIT_WORDS = {
+    "poll": "waiting in poll()", "ppoll": "waiting in ppoll()", "select": "waiting in select()",
+    "pselect6": "waiting in select()", "read": "reading", "recvfrom": "receiving",
+    "recvmsg": "receiving", "write": "writing", "sendto": "sending", "sendmsg": "sending",
+    "connect": "connecting", "accept": "accepting", "accept4": "accepting",
+    "futex": "waiting on a native lock (futex)", "wait4": "waiting for a child process (wait4)",
+    "waitid": "waiting for a child process", "nanosleep": "sleeping natively",
+    "clock_nanosleep": "sleeping natively", "flock": "waiting for a file lock (flock)",
+    "fcntl": "waiting for a file lock (fcntl)",
+}
+
+
+@dataclass(frozen=True)
+class SyscallSample:
+    """One look at /proc/self/task/TID/syscall: ``running`` means on the CPU."""
+
+    name: str
+    fd: int | None = None
+    endpoint: str | None = None
+
+
+def read_syscall(native_tid: int) -> SyscallSample:
+    try:
+        with open(f"/proc/self/task/{native_tid}/syscall", "rb") as fh:
+            fields = fh.read().decode().split()
+    except OSError:
+        return SyscallSample("unknown")
+    if not fields or fields[0] == "running":
+        return SyscallSample("running")
+    try:
+        number = int(fields[0])
+    except ValueError:
+        return SyscallSample("unknown")
+    name = _SYSCALLS.get(number, f"syscall {number}")
+    args = [int(a, 16) for a in fields[1:7]]
+    fd: int | None = None
+    if name in _FD_FIRST and args:
+        fd = args[0]
+    elif name in _POLL_LIKE and len(args) >= 2 and args[1] >= 1 and args[0]:
+        fd = _first_polled_fd(args[0])
+    return SyscallSample(name, fd, peer_of_fd(fd) if fd is not None else None)
+
+
+def _first_polled_fd(address: int) -> int | None:
+    """The first ``struct pollfd`` of a poll() call: it is in our own memory."""
+    try:
+        fd = ctypes.c_int.from_address(address).value
+    except (ValueError, OSError):
+        return None
+    return fd if fd >= 0 else None
+
+
+def peer_of_fd(fd: int) -> str | None:
+    """``host:port`` (or a socket path) that a socket descriptor is connected to."""
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+    if not target.startswith("socket:["):
+        return None
+    inode = target[len("socket:[") : -1]
+    for table in ("tcp", "tcp6", "udp", "udp6"):
+        peer = _peer_in_table(f"/proc/self/net/{table}", inode)
+        if peer:
+            return peer
+    return _unix_path(inode)
+
+
+def _peer_in_table(path: str, inode: str) -> str | None:
+    try:
+        with open(path) as fh:
+            next(fh, None)
+            for line in fh:
+                cols = line.split()
+                if len(cols) > 9 and cols[9] == inode:
+                    return _decode_address(cols[2])
+    except OSError:
+        return None
+    return None
+
+
+def _decode_address(hex_address: str) -> str:
+    host_hex, port_hex = hex_address.split(":")
+    raw = bytes.fromhex(host_hex)
+    if len(raw) == 4:
+        host = str(ipaddress.IPv4Address(struct.unpack("<I", raw)[0]))
+        return f"{host}:{int(port_hex, 16)}"
+    words = struct.unpack("<4I", raw)
+    packed = struct.pack(">4I", *words)
+    address = ipaddress.IPv6Address(packed)
+    mapped = address.ipv4_mapped
+    if mapped is not None:
+        return f"{mapped}:{int(port_hex, 16)}"
+    return f"[{address}]:{int(port_hex, 16)}"
+
+
+def _unix_path(inode: str) -> str | None:
+    try:
+        with open("/proc/self/net/unix") as fh:
+            next(fh, None)
+            for line in fh:
+                cols = line.split()
+                if len(cols) >= 7 and cols[6] == inode:
+                    return cols[7] if len(cols) > 7 else "unix socket"
+    except OSError:
+        return None
+    return None
+
+
+def describe_callee(frame: types.FrameType) -> str | None:
+    """Name the callable the frame is calling right now, e.g. ``psycopg2 cursor.execute``.
+
+    Uses ``executing`` to find the call node at the frame's current instruction,
+    then resolves a plain ``name.attr`` chain against the frame's variables
+    without calling anything.
+    """
+    try:
+        import ast
+
+        import executing
+
+        node = executing.Source.executing(frame).node
+    except Exception:
+        return None
+    if not isinstance(node, ast.Call):
+        return None
+    expr = ast.unparse(node.func)
+    target = _resolve(node.func, frame)
+    if target is None:
+        return expr
+    return _qualified_name(target) or expr
+
+
+def _resolve(node: object, frame: types.FrameType) -> object | None:
+    import ast
+
+    if isinstance(node, ast.Name):
+        scopes = (frame.f_locals, frame.f_globals, frame.f_builtins)
+        for scope in scopes:
+            if node.id in scope:
+                return scope[node.id]
+        return None
+    if isinstance(node, ast.Attribute):
+        base = _resolve(node.value, frame)
+        if base is None:
+            return None
+        try:
+            # getattr_static runs no property or __getattr__ code of the audited app.
+            return inspect.getattr_static(base, node.attr)
+        except AttributeError:
+            return None
+    return None
+
+
+def _qualified_name(target: object) -> str | None:
+    if isinstance(target, ctypes._CFuncPtr):  # type: ignore[attr-defined]
+        return f"ctypes {getattr(target, '__name__', 'function')}"
+    owner = getattr(target, "__self__", None)
+    objclass = getattr(target, "__objclass__", None)
+    qualname = getattr(target, "__qualname__", None) or getattr(target, "__name__", None)
+    if qualname is None:
+        return None
+    module = getattr(target, "__module__", None)
+    if module is None and owner is not None and not isinstance(owner, types.ModuleType):
+        module = type(owner).__module__
+    if objclass is not None:
+        module = objclass.__module__
+    if isinstance(owner, types.ModuleType):
+        module = owner.__name__
+    module = {"posix": "os", "_socket": "socket", "_hashlib": "hashlib"}.get(module or "", module)
+    if module in (None, "builtins"):
+        return str(qualname)
+    return f"{module}.{qualname}"

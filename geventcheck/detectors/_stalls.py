@@ -1,0 +1,168 @@
+"""Turning measured hub stalls into findings a developer can act on.
+
+Pure functions: the hub monitor measures, this module judges. A stall that is
+mostly CPU is ``cpu-bound``; one that is mostly waiting is ``blocking-call``
+(plus ``unsafe-driver`` when a known blocking driver is on the stack).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sysconfig
+from collections.abc import Iterable
+
+from .._model import Finding, Severity
+from . import _native
+from ._drivers import BLOCKING_FIXES, blocking_driver_of
+from ._hub import FrameInfo, Stall
+
+KINDS = ("blocking-call", "cpu-bound", "unsafe-driver", "warm-up")
+
+# A stall whose thread burned at least this share of the wall time on a CPU is CPU work.
+CPU_RATIO = 0.5
+
+_LIBRARY_ROOTS = tuple(
+    sorted(
+        {
+            os.path.realpath(p) + os.sep
+            for key in ("stdlib", "platstdlib", "purelib", "platlib")
+            if (p := sysconfig.get_paths().get(key))
+        }
+    )
+)
+_OWN_ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__))) + os.sep
+
+
+def is_audited_file(path: str, app_roots: tuple[str, ...] = ()) -> bool:
+    """True for the app's own code: not the stdlib, not an installed library, not us."""
+    if path.startswith("<"):
+        return False
+    real = os.path.realpath(path)
+    if app_roots and real.startswith(app_roots):
+        return True
+    return not real.startswith(_LIBRARY_ROOTS) and not real.startswith(_OWN_ROOT)
+
+
+def audited_frame(stack: tuple[FrameInfo, ...], app_roots: tuple[str, ...]) -> FrameInfo | None:
+    for frame in stack:
+        # A comprehension or lambda is its own frame; name the function that holds it.
+        if is_audited_file(frame.file, app_roots) and not frame.function.startswith("<"):
+            return frame
+    return stack[0] if stack else None
+
+
+def _relative(path: str) -> str:
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return path if rel.startswith("..") else rel
+
+
+def _blocking_fix(syscall: str | None, callee: str | None) -> str:
+    callee = callee or ""
+    if callee == "os.system" or syscall in ("wait4", "waitid"):
+        return "use subprocess.run (cooperative once patched) instead of os.system / os.wait"
+    if callee.startswith("ctypes "):
+        return (f"run the native call in the hub's threadpool: "
+                f"gevent.get_hub().threadpool.apply({callee.split()[-1]}, args)")
+    if syscall == "futex":
+        return ("use gevent.lock / gevent.queue instead of native (threading before patching, "
+                "multiprocessing) locks and queues, or route this task to a prefork queue")
+    if syscall in ("flock", "fcntl"):
+        return "take the file lock in gevent.get_hub().threadpool, or use a gevent.lock"
+    if callee.startswith("socket."):
+        return "use the socket module after patching, not _socket or sockets created before it"
+    return ("run the blocking call in gevent.get_hub().threadpool.apply(...), "
+            "or route this task to a prefork queue")
+
+
+def stall_findings(
+    stalls: Iterable[Stall],
+    *,
+    threshold_s: float,
+    app_roots: tuple[str, ...] = (),
+    blocking_drivers: frozenset[str] = frozenset(),
+) -> list[Finding]:
+    """One finding per stall (merge them with ``merge``)."""
+    findings: list[Finding] = []
+    for stall in stalls:
+        evidence = stall.evidence
+        stack = evidence.stack
+        where = audited_frame(stack, app_roots)
+        cpu_bound = stall.cpu_ratio >= CPU_RATIO
+        duration_ms = round(stall.duration_s * 1000, 1)
+        cpu_ms = round(stall.cpu_s * 1000, 1)
+        severity: Severity = "error" if stall.duration_s > threshold_s else "warning"
+        syscall = evidence.syscall
+        location = dict(
+            file=_relative(where.file) if where else None,
+            line=where.line if where else None,
+            function=where.function if where else None,
+            stack=tuple(str(f) for f in stack),
+            duration_ms=duration_ms,
+            cpu_ms=cpu_ms,
+            phase=stall.phase,
+        )
+        in_function = f" in {where.function}()" if where else ""
+        if cpu_bound:
+            # Only a thread seen at the same instruction more than once is inside one call;
+            # a Python loop moves on between samples.
+            native = evidence.callee if evidence.steady else None
+            kind = "cpu-bound"
+            what = f"ran on the CPU for {duration_ms:g} ms without yielding to the hub"
+            what += f" ({cpu_ms:g} ms CPU){in_function}"
+            if native:
+                what += f", inside {native} (native code)"
+            fix = ("route this task to a prefork queue: CPU work needs a process, not a "
+                   "greenlet" + (", or offload the native call with "
+                                 "gevent.get_hub().threadpool.apply(...) since it releases "
+                                 "the GIL" if native else ""))
+            endpoint = None
+        else:
+            native = evidence.callee
+            kind = "blocking-call"
+            waiting = _native.WAIT_WORDS.get(syscall or "", f"in {syscall}" if syscall else "")
+            endpoint = evidence.endpoint
+            call = " ".join(x for x in (native, waiting) if x)
+            what = f"blocked the hub for {duration_ms:g} ms" + (f" in {call}" if call else "")
+            if endpoint:
+                what += f" on {endpoint}"
+            what += f" ({cpu_ms:g} ms CPU){in_function}"
+            native = call or None
+            fix = _blocking_fix(syscall, evidence.callee)
+        if stall.phase == "warm-up":
+            findings.append(Finding(
+                "warm-up", "info",
+                f"warm-up run (not judged): {what}; first-run costs such as imports and "
+                "new connections are expected here", native=native, endpoint=endpoint,
+                fix=None, **location))  # type: ignore[arg-type]
+            continue
+        findings.append(Finding(kind, severity, what, native=native, endpoint=endpoint,
+                                fix=fix, **location))  # type: ignore[arg-type]
+        driver = None if cpu_bound else blocking_driver_of(
+            [f.file for f in stack], evidence.callee, set(blocking_drivers))
+        if driver:
+            findings.append(Finding(
+                "unsafe-driver", severity,
+                f"{driver} blocks the hub: {what}", native=native, endpoint=endpoint,
+                fix=BLOCKING_FIXES[driver], **location))  # type: ignore[arg-type]
+    return findings
+
+
+def merge(findings: Iterable[Finding]) -> list[Finding]:
+    """Fold repeats of the same kind at the same place into one, keeping the worst."""
+    merged: dict[tuple[object, ...], Finding] = {}
+    for f in findings:
+        # CPU work is one finding per function; a blocking call one per line.
+        line = None if f.kind == "cpu-bound" else f.line
+        key = (f.kind, f.file, line, f.function, f.phase == "warm-up")
+        seen = merged.get(key)
+        if seen is None:
+            merged[key] = f
+            continue
+        worst = f if (f.duration_ms or 0) > (seen.duration_ms or 0) else seen
+        severity = "error" if "error" in (f.severity, seen.severity) else worst.severity
+        merged[key] = dataclasses.replace(worst, severity=severity, count=seen.count + f.count)
+    return list(merged.values())

@@ -1,0 +1,75 @@
+"""The terminal view: one row per task, then the evidence for every no-go."""
+
+from __future__ import annotations
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from .._model import Finding, Report, TaskReport
+
+_VERDICT_STYLE = {"go": "bold green", "no-go": "bold red", "skipped": "yellow", "error": "magenta"}
+
+
+def _reason(task: TaskReport) -> str:
+    top = task.top_finding
+    if top is None:
+        return ""
+    where = f" at {top.where}" if top.where else ""
+    return f"{top.kind}{where}"
+
+
+def _evidence(task: TaskReport, finding: Finding) -> Text:
+    text = Text()
+    style = {"error": "red", "warning": "yellow", "info": "dim"}[finding.severity]
+    text.append(f"  {finding.severity:<7} {finding.kind}", style=style)
+    if finding.count > 1:
+        text.append(f" ×{finding.count}")
+    if finding.where:
+        text.append(f"  {finding.where}", style="cyan")
+    text.append(f"\n          {finding.message}")
+    if finding.fix:
+        text.append("\n          fix: ", style="bold")
+        text.append(finding.fix)
+    return text
+
+
+def render_table(report: Report, *, verbose: bool = False) -> RenderableType:
+    table = Table(title="geventcheck: is each task safe on a gevent worker?", title_justify="left")
+    table.add_column("task", overflow="fold")
+    table.add_column("queue")
+    table.add_column("verdict")
+    table.add_column("class")
+    table.add_column("pool")
+    table.add_column("longest stall", justify="right")
+    table.add_column("top reason", overflow="fold")
+    for task in report.tasks:
+        table.add_row(
+            task.name, task.queue or "-", Text(task.verdict, style=_VERDICT_STYLE[task.verdict]),
+            task.classification, task.recommended_pool,
+            f"{task.stats.max_block_ms:g} ms" if task.stats.max_block_ms else "-",
+            _reason(task),
+        )
+    parts: list[RenderableType] = [table]
+    for task in report.tasks:
+        shown = [f for f in task.findings
+                 if verbose or f.severity != "info" or task.verdict == "skipped"]
+        if not shown:
+            continue
+        parts.append(Text(f"\n{task.name}  [{task.verdict}]", style=_VERDICT_STYLE[task.verdict]))
+        parts.extend(_evidence(task, f) for f in shown)
+    summary = report.summary()
+    line = Text("\n")
+    for key in ("go", "no-go", "skipped", "error"):
+        line.append(f"{summary[key]} {key}", style=_VERDICT_STYLE[key])
+        line.append("   ")
+    env = report.environment
+    line.append(f"(patched: {'yes' if env.patched else 'NO'}, concurrency "
+                f"{report.settings.concurrency}, threshold {report.settings.threshold_ms:g} ms)",
+                style="dim")
+    parts.append(line)
+    drivers = [d for d in env.drivers if d.status in ("blocking", "unknown")]
+    for d in drivers:
+        parts.append(Text(f"driver {d.name} {d.version or ''}: {d.status} ({d.detail})"
+                          + (f"; fix: {d.fix}" if d.fix else ""), style="yellow"))
+    return Group(*parts)

@@ -1,0 +1,231 @@
+"""The audited process: patched first, then the app, then each task under the detectors.
+
+Started by the parent with a bootstrap that calls ``gevent.monkey.patch_all()``
+before anything else is imported. It streams events on its private channel;
+it never decides verdicts (the parent does).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import faulthandler
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from typing import Any
+
+import gevent
+import greenlet
+from gevent.monkey import is_module_patched
+from gevent.pool import Pool
+
+from .. import _version
+from .._model import Finding, finding_to_dict
+from ..detectors import _drivers, _hub, _stalls
+from . import _appload
+from ._channel import ChildChannel
+
+CONFIG_ENV = "GEVENTCHECK_CHILD"
+_REAL_EXIT = os._exit
+
+# Modules whose import before patching changes how the app behaves under gevent.
+MATTERS_BEFORE_PATCH = (
+    "ssl", "threading", "socket", "select", "selectors", "queue", "subprocess",
+    "django.db", "psycopg", "psycopg2", "MySQLdb", "pymysql", "redis", "requests",
+    "urllib3", "grpc", "cassandra", "celery", "kombu",
+)
+
+
+def _versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": sys.version.split()[0], "gevent": gevent.__version__}
+    for name in ("celery", "django"):
+        mod = sys.modules.get(name)
+        out[name] = getattr(mod, "__version__", None) if mod else None
+    return out
+
+
+class TaskRunner:
+    """Runs one task's warm-up, solo and concurrent phases under the hub monitor."""
+
+    def __init__(self, app: Any, cfg: dict[str, Any], chan: ChildChannel,
+                 monitor: _hub.HubMonitor, roots: tuple[str, ...]) -> None:
+        self.app = app
+        self.cfg = cfg
+        self.chan = chan
+        self.monitor = monitor
+        self.roots = roots
+        self.blocking = frozenset(
+            d.name for d in _drivers.inventory(cfg["concurrency"]) if d.status == "blocking"
+        )
+
+    def _invoke(self, task: Any, outcome: dict[str, Any]) -> None:
+        """One run through Celery's own local execution path (signals, request context)."""
+        wall0, cpu0 = time.perf_counter(), time.thread_time()
+        try:
+            result = task.apply(args=(), kwargs={}, throw=False)
+        except SystemExit as exc:
+            outcome["system_exit"] = exc.code
+            outcome["stack"] = traceback.format_tb(exc.__traceback__)
+            return
+        finally:
+            outcome["wall_ms"] = (time.perf_counter() - wall0) * 1000
+            outcome["cpu_ms"] = (time.thread_time() - cpu0) * 1000
+        if result.failed():
+            exc = result.result
+            outcome["error"] = f"{type(exc).__name__}: {exc}"
+            tb = traceback.extract_tb(getattr(exc, "__traceback__", None))
+            frames = [f for f in tb if _stalls.is_audited_file(f.filename, self.roots)]
+            if frames:
+                outcome["file"], outcome["line"] = frames[-1].filename, frames[-1].lineno
+                outcome["function"] = frames[-1].name
+
+    def _phase(self, task: Any, phase: str, copies: int) -> tuple[list[dict[str, Any]], bool]:
+        """Run ``copies`` greenlets at once; returns their outcomes and whether all finished."""
+        self.monitor.phase = phase
+        outcomes: list[dict[str, Any]] = [{} for _ in range(copies)]
+        pool = Pool(copies)
+        glets = [pool.spawn(self._invoke, task, outcome) for outcome in outcomes]
+        done = gevent.joinall(glets, timeout=self.cfg["task_timeout"])
+        finished = len(done) == len(glets)
+        if not finished:
+            stacks = []
+            for glet in glets:
+                if not glet.dead and glet.gr_frame is not None:
+                    stacks.extend(line.rstrip() for line in traceback.format_stack(glet.gr_frame))
+            self._send_findings(task.name, phase, [Finding(
+                "timeout", "error",
+                f"still running after {self.cfg['task_timeout']:g} s ({phase} run) while the "
+                "hub kept running: it waits on something that never answers",
+                stack=tuple(stacks), phase=phase,
+                fix="give every network call a timeout; check what the stack waits on")])
+            pool.kill(block=True, timeout=2)
+        self.monitor.phase = "idle"
+        return outcomes, finished
+
+    def _send_findings(self, name: str, phase: str, findings: list[Finding],
+                       **extra: Any) -> None:
+        self.chan.send("phase", task=name, phase=phase,
+                       findings=[finding_to_dict(f) for f in findings], **extra)
+
+    def _outcome_findings(self, outcomes: list[dict[str, Any]], phase: str) -> list[Finding]:
+        out = []
+        for outcome in outcomes:
+            if "system_exit" in outcome:
+                out.append(Finding(
+                    "crash", "error",
+                    f"raised SystemExit({outcome['system_exit']!r}) ({phase} run): on a gevent "
+                    "worker this stops the whole worker and every task running in it",
+                    stack=tuple(line.rstrip() for line in outcome.get("stack", ())),
+                    phase=phase, fix="raise an exception instead of calling sys.exit()"))
+            elif "error" in outcome:
+                out.append(Finding(
+                    "task-error", "warning", f"raised {outcome['error']} ({phase} run)",
+                    file=os.path.relpath(outcome["file"]) if outcome.get("file") else None,
+                    line=outcome.get("line"), function=outcome.get("function"), phase=phase))
+        return out
+
+    def run(self, info: _appload.TaskInfo) -> None:
+        task = self.app.tasks[info.name]
+        cfg = self.cfg
+        plan = [("warm-up", 1)] + [("solo", 1)] * cfg["runs"] + [("concurrent", cfg["concurrency"])]
+        for phase, copies in plan:
+            self.monitor.take_stalls()
+            started = time.perf_counter()
+            outcomes, finished = self._phase(task, phase, copies)
+            wall_ms = (time.perf_counter() - started) * 1000
+            findings = _stalls.stall_findings(
+                self.monitor.take_stalls(), threshold_s=cfg["threshold_ms"] / 1000,
+                app_roots=self.roots, blocking_drivers=self.blocking)
+            findings += self._outcome_findings(outcomes, phase)
+            self._send_findings(
+                info.name, phase, _stalls.merge(findings), wall_ms=wall_ms,
+                runs=[{k: o.get(k) for k in ("wall_ms", "cpu_ms", "error")} for o in outcomes],
+            )
+            if not finished:
+                break
+
+
+def _install_exit_reporter(chan: ChildChannel) -> None:
+    """os._exit skips every handler: tell the parent where it was called first."""
+    def reporting_exit(code: int) -> None:
+        chan.send("exit", code=code, stack=[line.rstrip() for line in traceback.format_stack()])
+        _REAL_EXIT(code)
+
+    os._exit = reporting_exit  # type: ignore[assignment]
+
+
+def _apply_shims(names: list[str]) -> None:
+    from .. import patches
+
+    for name in names:
+        patches.apply(name)
+
+
+def main(before_patch: frozenset[str]) -> None:
+    cfg = json.loads(os.environ.pop(CONFIG_ENV))
+    chan = ChildChannel(cfg["fd"])
+    crashlog = open(cfg["crashlog"], "w")  # noqa: SIM115 - kept open for faulthandler
+    faulthandler.enable(file=crashlog, all_threads=True)
+    faulthandler.register(signal.SIGUSR1, file=crashlog, all_threads=True)
+    _install_exit_reporter(chan)
+    try:
+        _apply_shims(cfg["shims"])
+        app = _appload.load_app(cfg["app"], cfg.get("django_settings"))
+    except (_appload.AppLoadError, ImportError) as exc:
+        chan.send("load-error", message=str(exc))
+        _REAL_EXIT(2)
+    tasks = _appload.list_tasks(app, tuple(cfg["globs"]))
+    imported_before = sorted(m for m in MATTERS_BEFORE_PATCH if m in before_patch)
+    chan.send(
+        "environment", **_versions(), patched=bool(is_module_patched("socket")),
+        drivers=[dataclasses.asdict(d) for d in _drivers.inventory(cfg["concurrency"])],
+        imported_before_patch=imported_before,
+    )
+    chan.send("tasks", tasks=[
+        {"name": t.name, "queue": t.queue, "required": list(t.required)} for t in tasks
+    ])
+    try:
+        from celery import signals
+
+        # A gevent worker sends these (and never worker_process_init).
+        signals.celeryd_init.send(sender="geventcheck@audit", instance=None, conf=app.conf,
+                                  options={})
+        signals.worker_init.send(sender=None)
+    except Exception as exc:
+        chan.send("note", message=f"a worker_init receiver raised {exc!r}")
+
+    def on_deadlock(age: float, evidence: _hub.Evidence) -> None:
+        top = evidence.stack[0] if evidence.stack else None
+        chan.send("deadlock", age_s=age, syscall=evidence.syscall, callee=evidence.callee,
+                  endpoint=evidence.endpoint, file=top.file if top else None,
+                  line=top.line if top else None, function=top.function if top else None,
+                  stacks=_hub.all_stacks())
+
+    monitor = _hub.HubMonitor(
+        cfg["warn_ms"] / 1000, deadlock_s=cfg["task_timeout"], on_deadlock=on_deadlock,
+        on_heartbeat=lambda: chan.send("heartbeat"),
+    )
+    monitor.start()
+    monitor.ignore(greenlet.getcurrent())
+    runner = TaskRunner(app, cfg, chan, monitor, _appload.app_roots(app))
+    skip = set(cfg["skip"])
+    for info in tasks:
+        if info.name in skip or info.needs_args:
+            continue
+        chan.send("task-start", task=info.name)
+        runner.run(info)
+        chan.send("task-done", task=info.name)
+    monitor.stop()
+    chan.send("done", version=_version.__version__)
+    sys.stdout.flush()
+    _REAL_EXIT(0)
+
+
+BOOTSTRAP = (
+    "import sys; _before = frozenset(sys.modules)\n"
+    "from gevent import monkey; monkey.patch_all()\n"
+    "from geventcheck.runner._child import main; main(_before)\n"
+)

@@ -1,0 +1,344 @@
+"""The unpatched side of an audit: starts the child, watches it, restarts it, gathers events.
+
+The parent never imports the app or patches itself. It owns the watchdog: a
+child that stops answering, dies or reports a blocked hub is killed, the task
+gets a ``deadlock``/``timeout``/``crash`` finding, and a fresh child carries on
+with the remaining tasks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._model import Driver, Environment, Finding, Settings
+from . import _child
+from ._channel import make_pipe, read_events
+
+# Time the child gets to write its stacks after SIGUSR1, and to load the app.
+_DUMP_GRACE_S = 1.0
+_LOAD_TIMEOUT_S = 120.0
+
+
+class AuditError(Exception):
+    """The audit could not start (bad app, bad settings): one line for the user."""
+
+
+@dataclass
+class TaskRecord:
+    """Everything the child said about one task, before it is judged."""
+
+    name: str
+    queue: str | None
+    required: tuple[str, ...] = ()
+    findings: list[Finding] = field(default_factory=list)
+    solo_runs: list[dict[str, Any]] = field(default_factory=list)
+    concurrent_wall_ms: float | None = None
+    concurrent_runs: list[dict[str, Any]] = field(default_factory=list)
+    started: bool = False
+    finished: bool = False
+
+
+@dataclass
+class AuditRun:
+    environment: Environment
+    tasks: list[TaskRecord]
+    notes: list[str]
+
+
+@dataclass
+class Callbacks:
+    on_tasks: Callable[[list[TaskRecord]], None] = lambda tasks: None
+    on_task_start: Callable[[TaskRecord], None] = lambda task: None
+    on_task_done: Callable[[TaskRecord], None] = lambda task: None
+
+
+_FAULT_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<func>\S+)')
+
+
+def _last_location(lines: list[str]) -> tuple[str | None, int | None, str | None]:
+    """The innermost frame of the thread that crashed, from a faulthandler dump."""
+    for line in lines:
+        match = _FAULT_FRAME.search(line)
+        if match and "/geventcheck/" not in match["file"] and "/gevent/" not in match["file"]:
+            return os.path.relpath(match["file"]), int(match["line"]), match["func"]
+    return None, None, None
+
+
+class _Child:
+    """One child process and the thread that reads its channel."""
+
+    def __init__(self, cfg: dict[str, Any], workdir: str, log: Any) -> None:
+        read_fd, write_fd = make_pipe()
+        self.crashlog = os.path.join(workdir, f"crash-{time.monotonic_ns()}.log")
+        cfg = {**cfg, "fd": write_fd, "crashlog": self.crashlog}
+        env = {**os.environ, _child.CONFIG_ENV: _json_dumps(cfg), "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _child.BOOTSTRAP], env=env, pass_fds=(write_fd,),
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+        )
+        os.close(write_fd)
+        self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, args=(read_fd,), daemon=True)
+        self._reader.start()
+
+    def _read(self, fd: int) -> None:
+        with os.fdopen(fd, "rb") as stream:
+            for event in read_events(stream):
+                self.events.put(event)
+        self.events.put(None)
+
+    def dump_stacks(self) -> list[str]:
+        """Ask faulthandler (which needs no GIL) for every thread's stack."""
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGUSR1)
+        time.sleep(_DUMP_GRACE_S)
+        return self.read_crashlog()
+
+    def read_crashlog(self) -> list[str]:
+        try:
+            with open(self.crashlog, errors="replace") as fh:
+                return [line.rstrip() for line in fh if line.strip()]
+        except OSError:
+            return []
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+def _json_dumps(data: Any) -> str:
+    import json
+
+    return json.dumps(data)
+
+
+def _environment(event: dict[str, Any]) -> Environment:
+    return Environment(
+        python=event["python"], gevent=event["gevent"], patched=event["patched"],
+        celery=event.get("celery"), django=event.get("django"),
+        drivers=tuple(Driver(**d) for d in event.get("drivers", [])),
+        imported_before_patch=tuple(event.get("imported_before_patch", [])),
+    )
+
+
+def _describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with code {returncode}"
+
+
+class Auditor:
+    """Drives child processes until every selected task has a record."""
+
+    def __init__(self, app: str, settings: Settings, *, django_settings: str | None = None,
+                 globs: tuple[str, ...] = (), callbacks: Callbacks | None = None) -> None:
+        self.app = app
+        self.settings = settings
+        self.callbacks = callbacks or Callbacks()
+        self.cfg: dict[str, Any] = {
+            "app": app, "django_settings": django_settings, "globs": list(globs),
+            "warn_ms": settings.warn_ms, "threshold_ms": settings.threshold_ms,
+            "concurrency": settings.concurrency, "runs": settings.runs,
+            "task_timeout": settings.task_timeout_s, "shims": list(settings.shims), "skip": [],
+        }
+        self.records: dict[str, TaskRecord] = {}
+        self.environment: Environment | None = None
+        self.notes: list[str] = []
+
+    def run(self) -> AuditRun:
+        with tempfile.TemporaryDirectory(prefix="geventcheck-") as workdir:
+            log_path = os.path.join(workdir, "child.log")
+            with open(log_path, "ab") as log:
+                while True:
+                    child = _Child({**self.cfg, "skip": self._handled()}, workdir, log)
+                    try:
+                        complete = self._supervise(child, log_path)
+                    finally:
+                        child.kill()
+                    if complete:
+                        break
+        assert self.environment is not None
+        return AuditRun(self.environment, list(self.records.values()), self.notes)
+
+    def _handled(self) -> list[str]:
+        return [name for name, rec in self.records.items() if rec.started]
+
+    def _supervise(self, child: _Child, log_path: str) -> bool:
+        """Follow one child; True when the audit is complete, False to start another."""
+        timeout = self.settings.task_timeout_s
+        current: TaskRecord | None = None
+        last_beat = last_progress = time.monotonic()
+        exit_stack: list[str] = []
+        loaded = self.environment is not None and bool(self.records)
+        while True:
+            try:
+                event = child.events.get(timeout=0.2)
+            except queue.Empty:
+                event = {"event": "tick"}
+            now = time.monotonic()
+            if event is None:  # the channel closed: the child is gone
+                child.proc.wait()
+                if not loaded:
+                    raise AuditError(self._load_failure(child, log_path))
+                if current is None:
+                    if self._remaining():
+                        self.notes.append(f"the audit process {_describe_exit(child.proc.returncode)}"
+                                          " between tasks; restarted it")
+                        return False
+                    return True
+                self._crash(current, child, exit_stack)
+                return False
+            kind = event["event"]
+            if kind != "tick":
+                last_beat = now
+            if kind == "load-error":
+                raise AuditError(event["message"])
+            if kind == "environment" and self.environment is None:
+                self.environment = _environment(event)
+            elif kind == "tasks":
+                if not loaded:
+                    self._register(event["tasks"])
+                    loaded = True
+            elif kind == "task-start":
+                current = self.records[event["task"]]
+                current.started = True
+                last_progress = now
+                exit_stack = []
+                self.callbacks.on_task_start(current)
+            elif kind == "phase" and current is not None:
+                last_progress = now
+                self._phase(current, event)
+            elif kind == "task-done" and current is not None:
+                current.finished = True
+                self.callbacks.on_task_done(current)
+                current = None
+            elif kind == "exit":
+                exit_stack = event.get("stack", [])
+            elif kind == "note":
+                self.notes.append(event["message"])
+            elif kind == "deadlock" and current is not None:
+                self._deadlock(current, event)
+                return False
+            elif kind == "done":
+                return True
+            if current is not None:
+                silent = now - last_beat
+                if silent > timeout + 5:
+                    self._unresponsive(current, child, silent)
+                    return False
+                if now - last_progress > timeout * 2 + 10:
+                    self._stuck(current, child, now - last_progress)
+                    return False
+            elif not loaded and now - last_beat > _LOAD_TIMEOUT_S:
+                raise AuditError(f"the app {self.app!r} did not finish loading within "
+                                 f"{_LOAD_TIMEOUT_S:g} s")
+
+    def _remaining(self) -> bool:
+        return any(not r.started and not r.required for r in self.records.values())
+
+    def _register(self, tasks: list[dict[str, Any]]) -> None:
+        for t in tasks:
+            self.records[t["name"]] = TaskRecord(t["name"], t["queue"], tuple(t["required"]))
+        self.callbacks.on_tasks(list(self.records.values()))
+
+    def _phase(self, rec: TaskRecord, event: dict[str, Any]) -> None:
+        rec.findings.extend(Finding.from_dict(f) for f in event["findings"])
+        if event["phase"] == "solo":
+            rec.solo_runs.extend(event.get("runs", []))
+        elif event["phase"] == "concurrent":
+            rec.concurrent_wall_ms = event.get("wall_ms")
+            rec.concurrent_runs.extend(event.get("runs", []))
+
+    def _finish_abnormally(self, rec: TaskRecord, finding: Finding) -> None:
+        rec.findings.append(finding)
+        rec.finished = True
+        self.callbacks.on_task_done(rec)
+
+    def _deadlock(self, rec: TaskRecord, event: dict[str, Any]) -> None:
+        wait = event.get("syscall")
+        blamed = " ".join(x for x in (event.get("callee"), f"({wait})" if wait else None) if x)
+        file = event.get("file")
+        self._finish_abnormally(rec, Finding(
+            "deadlock", "error",
+            f"the hub did not run for {event['age_s']:.0f} s"
+            + (f": the worker thread sits in {blamed}" if blamed else "")
+            + "; every task in a gevent worker would hang. A native lock held across a "
+            "cooperative wait does this",
+            file=os.path.relpath(file) if file else None, line=event.get("line"),
+            function=event.get("function"), native=blamed or None,
+            endpoint=event.get("endpoint"), stack=tuple(event.get("stacks", [])),
+            duration_ms=event["age_s"] * 1000,
+            fix="use gevent.lock / gevent.queue (or no lock) instead of threading or "
+                "multiprocessing primitives shared between greenlets"))
+
+    def _unresponsive(self, rec: TaskRecord, child: _Child, silent: float) -> None:
+        stack = child.dump_stacks()
+        file, line, func = _last_location(stack)
+        self._finish_abnormally(rec, Finding(
+            "deadlock", "error",
+            f"the audit process stopped answering for {silent:.0f} s: the hub and even the "
+            "monitor thread were blocked (native code holding the GIL)",
+            file=file, line=line, function=func, stack=tuple(stack),
+            duration_ms=silent * 1000,
+            fix="find the native call in the stack; run it in gevent.get_hub().threadpool or "
+                "route this task to a prefork queue"))
+
+    def _stuck(self, rec: TaskRecord, child: _Child, age: float) -> None:
+        stack = child.dump_stacks()
+        file, line, func = _last_location(stack)
+        self._finish_abnormally(rec, Finding(
+            "timeout", "error", f"made no progress for {age:.0f} s and could not be stopped",
+            file=file, line=line, function=func, stack=tuple(stack), duration_ms=age * 1000,
+            fix="give every network call a timeout"))
+
+    def _crash(self, rec: TaskRecord, child: _Child, exit_stack: list[str]) -> None:
+        how = _describe_exit(child.proc.returncode)
+        stack = exit_stack or child.read_crashlog()
+        if exit_stack:
+            file, line, func = _location_in_traceback(exit_stack)
+            how += " (os._exit)"
+        else:
+            file, line, func = _last_location(stack)
+        self._finish_abnormally(rec, Finding(
+            "crash", "error",
+            f"the worker process {how} while running this task; on a gevent worker every "
+            "task running beside it dies too",
+            file=file, line=line, function=func, stack=tuple(stack),
+            fix="never call os._exit or sys.exit in a task; a native crash needs the "
+                "library fixed or the task moved to a prefork queue"))
+
+    def _load_failure(self, child: _Child, log_path: str) -> str:
+        with open(log_path, errors="replace") as fh:
+            tail = [line.strip() for line in fh if line.strip()]
+        detail = tail[-1] if tail else ""
+        return (f"the audit process {_describe_exit(child.proc.returncode)} while loading "
+                f"{self.app!r}" + (f": {detail}" if detail else ""))
+
+
+_TB_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)')
+
+
+def _location_in_traceback(lines: list[str]) -> tuple[str | None, int | None, str | None]:
+    """The innermost app frame of a ``traceback.format_stack`` listing (outermost first)."""
+    found: tuple[str | None, int | None, str | None] = (None, None, None)
+    for line in lines:
+        match = _TB_FRAME.search(line)
+        if match and "/geventcheck/" not in match["file"] and "site-packages" not in match["file"]:
+            found = (os.path.relpath(match["file"]), int(match["line"]), match["func"])
+    return found
