@@ -17,7 +17,7 @@ from ._judge import judge
 from ._model import Report, Settings
 from .patches import SHIMS
 from .report import render_json, render_table, write_atomic
-from .runner._parent import Auditor, AuditError, Callbacks, TaskRecord
+from .runner._parent import AuditError, Auditor, Callbacks, TaskRecord
 
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
@@ -44,10 +44,13 @@ def cli() -> None:
 @click.option("--django-settings", metavar="MODULE",
               help="Django settings module (default: $DJANGO_SETTINGS_MODULE); "
                    "django.setup() runs after patching.")
+@click.option("--workdir", type=click.Path(exists=True, file_okay=False),
+              help="Change to this folder before loading the app (as celery --workdir).")
 @click.option("--task", "globs", multiple=True, metavar="GLOB",
               help="Only tasks whose name matches (repeatable).")
 @click.option("-c", "--concurrency", default=4, show_default=True, type=int,
-              callback=_positive(int), help="Concurrent copies per task, as the gevent pool runs them.")
+              callback=_positive(int),
+              help="Concurrent copies per task, as the gevent pool runs them.")
 @click.option("--warn-ms", default=10.0, show_default=True, type=float, callback=_positive(float),
               help="Report hub stalls longer than this.")
 @click.option("--threshold-ms", default=50.0, show_default=True, type=float,
@@ -61,9 +64,11 @@ def cli() -> None:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
               help="Write the JSON report here (atomically).")
 @click.option("-v", "--verbose", is_flag=True, help="Also show info findings (warm-up stalls).")
-def audit(app: str, django_settings: str | None, globs: tuple[str, ...], concurrency: int,
-          warn_ms: float, threshold_ms: float, task_timeout: float, runs: int,
-          shims: tuple[str, ...], json_path: str | None, verbose: bool) -> None:
+def audit(  # noqa: PLR0917 - click passes every option as an argument
+    app: str, django_settings: str | None, workdir: str | None, globs: tuple[str, ...],
+    concurrency: int, warn_ms: float, threshold_ms: float, task_timeout: float, runs: int,
+    shims: tuple[str, ...], json_path: str | None, verbose: bool,
+) -> None:
     """Run every task of a Celery app under a monkey-patched gevent worker and judge it."""
     if warn_ms > threshold_ms:
         raise click.UsageError(f"--warn-ms ({warn_ms:g}) must not exceed --threshold-ms "
@@ -90,7 +95,9 @@ def audit(app: str, django_settings: str | None, globs: tuple[str, ...], concurr
     def on_done(task: TaskRecord) -> None:
         progress.advance(bar["id"])
 
-    auditor = Auditor(app, settings, django_settings=django_settings, globs=globs,
+    if json_path:
+        json_path = os.path.abspath(json_path)
+    auditor = Auditor(app, settings, django_settings=django_settings, globs=globs, workdir=workdir,
                       callbacks=Callbacks(on_tasks, on_start, on_done))
     with progress:
         result = auditor.run()

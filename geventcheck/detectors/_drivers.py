@@ -12,7 +12,7 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
-from .._model import Driver
+from .._model import Driver, DriverStatus
 
 # Libraries that block the hub in C, with the remedy. Keys are import names.
 BLOCKING_FIXES = {
@@ -110,7 +110,7 @@ def _cassandra(mod: Any, concurrency: int) -> Driver:
     cluster = sys.modules.get("cassandra.cluster")
     conn = getattr(getattr(cluster, "Cluster", None), "connection_class", None)
     name = getattr(conn, "__name__", "unknown")
-    status = "cooperative" if "Gevent" in name else "blocking"
+    status: DriverStatus = "cooperative" if "Gevent" in name else "blocking"
     return Driver("cassandra", status, _version("cassandra"), f"connection class {name}",
                   None if status == "cooperative" else BLOCKING_FIXES["cassandra"])
 

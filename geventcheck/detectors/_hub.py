@@ -52,25 +52,13 @@ class Evidence:
     syscalls: list[_native.SyscallSample] = field(default_factory=list)
     stacks: list[tuple[FrameInfo, ...]] = field(default_factory=list)
     callee: str | None = None
-    # (file, f_lasti) of the innermost frame at each stack sample
-    positions: list[tuple[str, int]] = field(default_factory=list)
-
-    @property
-    def steady(self) -> bool:
-        """Seen twice or more at the very same instruction: sitting inside one call."""
-        return len(self.positions) >= 2 and len(set(self.positions)) == 1
+    endpoint: str | None = None
 
     @property
     def syscall(self) -> str | None:
-        waits = [s.name for s in self.syscalls if s.name not in ("running", "unknown")]
-        if waits and len(waits) * 2 >= len(self.syscalls):
-            return Counter(waits).most_common(1)[0][0]
-        return "running" if self.syscalls else None
-
-    @property
-    def endpoint(self) -> str | None:
-        peers = [s.endpoint for s in self.syscalls if s.endpoint]
-        return Counter(peers).most_common(1)[0][0] if peers else None
+        """What the thread mostly did: ``running``, or the syscall it sat in."""
+        names = [s.name for s in self.syscalls if s.name != "unknown"]
+        return Counter(names).most_common(1)[0][0] if names else None
 
     @property
     def stack(self) -> tuple[FrameInfo, ...]:
@@ -123,7 +111,7 @@ class HubMonitor:
         self.stalls: list[Stall] = []
         self._hub = get_hub()
         self._ident = _get_ident()
-        self._native_tid = _get_native_id()
+        self._reader = _native.SyscallReader(_get_native_id())
         self._switches = 0
         self._since = time.perf_counter()
         self._cpu_since = time.thread_time()
@@ -185,13 +173,15 @@ class HubMonitor:
     def _sample(self, evidence: Evidence, switches: int) -> None:
         if len(evidence.syscalls) >= _MAX_SAMPLES:
             return
-        evidence.syscalls.append(_native.read_syscall(self._native_tid))
+        sample = self._reader.read()
+        evidence.syscalls.append(sample)
+        if evidence.endpoint is None and sample.fd is not None:
+            evidence.endpoint = _native.peer_of_fd(sample.fd)
         if len(evidence.syscalls) in _STACK_AT:
             frame = sys._current_frames().get(self._ident)
             if frame is not None and self._switches == switches:
-                evidence.positions.append((frame.f_code.co_filename, frame.f_lasti))
-                if not evidence.stacks:
-                    evidence.stacks.append(frames_of(frame))
+                evidence.stacks.append(frames_of(frame))
+                if evidence.callee is None:
                     evidence.callee = _native.describe_callee(frame)
 
     # -- control ---------------------------------------------------------------

@@ -59,15 +59,37 @@ class SyscallSample:
 
     name: str
     fd: int | None = None
-    endpoint: str | None = None
 
 
-def read_syscall(native_tid: int) -> SyscallSample:
-    try:
-        with open(f"/proc/self/task/{native_tid}/syscall", "rb") as fh:
-            fields = fh.read().decode().split()
-    except OSError:
-        return SyscallSample("unknown")
+class SyscallReader:
+    """Reads /proc/self/task/TID/syscall of one thread without letting go of the GIL.
+
+    ``ctypes.PyDLL`` keeps the GIL across ``pread``, so a thread running Python code
+    is seen waiting for the GIL (futex) while a thread inside native code that
+    released the GIL is seen ``running`` or in its own syscall: the only way to
+    tell a Python loop from a C computation from outside.
+    """
+
+    def __init__(self, native_tid: int) -> None:
+        self._fd = os.open(f"/proc/self/task/{native_tid}/syscall", os.O_RDONLY)
+        self._buf = ctypes.create_string_buffer(256)
+        libc = ctypes.PyDLL(None)
+        self._pread = libc.pread
+        self._pread.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_long]
+        self._pread.restype = ctypes.c_ssize_t
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    def read(self) -> SyscallSample:
+        size = self._pread(self._fd, self._buf, len(self._buf), 0)
+        if size <= 0:
+            return SyscallSample("unknown")
+        fields = self._buf.raw[:size].decode(errors="replace").split()
+        return parse_syscall(fields)
+
+
+def parse_syscall(fields: list[str]) -> SyscallSample:
     if not fields or fields[0] == "running":
         return SyscallSample("running")
     try:
@@ -81,7 +103,7 @@ def read_syscall(native_tid: int) -> SyscallSample:
         fd = args[0]
     elif name in _POLL_LIKE and len(args) >= 2 and args[1] >= 1 and args[0]:
         fd = _first_polled_fd(args[0])
-    return SyscallSample(name, fd, peer_of_fd(fd) if fd is not None else None)
+    return SyscallSample(name, fd)
 
 
 def _first_polled_fd(address: int) -> int | None:
@@ -181,7 +203,8 @@ def _resolve(node: object, frame: types.FrameType) -> object | None:
         scopes = (frame.f_locals, frame.f_globals, frame.f_builtins)
         for scope in scopes:
             if node.id in scope:
-                return scope[node.id]
+                found: object = scope[node.id]
+                return found
         return None
     if isinstance(node, ast.Attribute):
         base = _resolve(node.value, frame)
@@ -189,7 +212,8 @@ def _resolve(node: object, frame: types.FrameType) -> object | None:
             return None
         try:
             # getattr_static runs no property or __getattr__ code of the audited app.
-            return inspect.getattr_static(base, node.attr)
+            attribute: object = inspect.getattr_static(base, node.attr)
+            return attribute
         except AttributeError:
             return None
     return None

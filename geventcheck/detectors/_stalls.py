@@ -8,41 +8,21 @@ mostly CPU is ``cpu-bound``; one that is mostly waiting is ``blocking-call``
 from __future__ import annotations
 
 import dataclasses
-import os
-import sysconfig
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from .._model import Finding, Severity
+from .._paths import is_audited_file, relative
 from . import _native
 from ._drivers import BLOCKING_FIXES, blocking_driver_of
-from ._hub import FrameInfo, Stall
+
+if TYPE_CHECKING:
+    from ._hub import FrameInfo, Stall
 
 KINDS = ("blocking-call", "cpu-bound", "unsafe-driver", "warm-up")
 
 # A stall whose thread burned at least this share of the wall time on a CPU is CPU work.
 CPU_RATIO = 0.5
-
-_LIBRARY_ROOTS = tuple(
-    sorted(
-        {
-            os.path.realpath(p) + os.sep
-            for key in ("stdlib", "platstdlib", "purelib", "platlib")
-            if (p := sysconfig.get_paths().get(key))
-        }
-    )
-)
-_OWN_ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__))) + os.sep
-
-
-def is_audited_file(path: str, app_roots: tuple[str, ...] = ()) -> bool:
-    """True for the app's own code: not the stdlib, not an installed library, not us."""
-    if path.startswith("<"):
-        return False
-    real = os.path.realpath(path)
-    if app_roots and real.startswith(app_roots):
-        return True
-    return not real.startswith(_LIBRARY_ROOTS) and not real.startswith(_OWN_ROOT)
-
 
 def audited_frame(stack: tuple[FrameInfo, ...], app_roots: tuple[str, ...]) -> FrameInfo | None:
     for frame in stack:
@@ -50,14 +30,6 @@ def audited_frame(stack: tuple[FrameInfo, ...], app_roots: tuple[str, ...]) -> F
         if is_audited_file(frame.file, app_roots) and not frame.function.startswith("<"):
             return frame
     return stack[0] if stack else None
-
-
-def _relative(path: str) -> str:
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:
-        return path
-    return path if rel.startswith("..") else rel
 
 
 def _blocking_fix(syscall: str | None, callee: str | None) -> str:
@@ -97,7 +69,7 @@ def stall_findings(
         severity: Severity = "error" if stall.duration_s > threshold_s else "warning"
         syscall = evidence.syscall
         location = dict(
-            file=_relative(where.file) if where else None,
+            file=relative(where.file) if where else None,
             line=where.line if where else None,
             function=where.function if where else None,
             stack=tuple(str(f) for f in stack),
@@ -107,9 +79,9 @@ def stall_findings(
         )
         in_function = f" in {where.function}()" if where else ""
         if cpu_bound:
-            # Only a thread seen at the same instruction more than once is inside one call;
-            # a Python loop moves on between samples.
-            native = evidence.callee if evidence.steady else None
+            # Seen "running" while the monitor held the GIL: native code that released it.
+            # A Python loop is seen waiting for the GIL instead.
+            native = evidence.callee if syscall == "running" else None
             kind = "cpu-bound"
             what = f"ran on the CPU for {duration_ms:g} ms without yielding to the hub"
             what += f" ({cpu_ms:g} ms CPU){in_function}"
@@ -157,7 +129,7 @@ def merge(findings: Iterable[Finding]) -> list[Finding]:
     for f in findings:
         # CPU work is one finding per function; a blocking call one per line.
         line = None if f.kind == "cpu-bound" else f.line
-        key = (f.kind, f.file, line, f.function, f.phase == "warm-up")
+        key = (f.kind, f.file, line, f.function)
         seen = merged.get(key)
         if seen is None:
             merged[key] = f

@@ -24,7 +24,7 @@ def _evidence(task: TaskReport, finding: Finding) -> Text:
     style = {"error": "red", "warning": "yellow", "info": "dim"}[finding.severity]
     text.append(f"  {finding.severity:<7} {finding.kind}", style=style)
     if finding.count > 1:
-        text.append(f" ×{finding.count}")
+        text.append(f" x{finding.count}")
     if finding.where:
         text.append(f"  {finding.where}", style="cyan")
     text.append(f"\n          {finding.message}")

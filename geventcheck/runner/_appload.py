@@ -14,6 +14,8 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
+from .._paths import relative
+
 
 class AppLoadError(Exception):
     """The app could not be loaded; the message is the one line the user sees."""
@@ -34,7 +36,7 @@ class TaskInfo:
 def _where(exc: BaseException) -> str:
     """file:line of the innermost frame outside the import machinery."""
     if isinstance(exc, SyntaxError) and exc.filename:
-        return f"{os.path.relpath(exc.filename)}:{exc.lineno}: "
+        return f"{relative(exc.filename)}:{exc.lineno}: "
     frames = [
         f for f in traceback.extract_tb(exc.__traceback__)
         if "importlib" not in f.filename and "/celery/" not in f.filename
@@ -43,7 +45,7 @@ def _where(exc: BaseException) -> str:
     if not frames:
         return ""
     last = frames[-1]
-    return f"{os.path.relpath(last.filename)}:{last.lineno}: "
+    return f"{relative(last.filename)}:{last.lineno}: "
 
 
 def _describe(exc: BaseException) -> str:
@@ -64,7 +66,7 @@ def load_app(spec: str, django_settings: str | None = None) -> Any:
     try:
         app = find_app(spec)
     except ModuleNotFoundError as exc:
-        if exc.name and spec.split(":")[0].startswith(exc.name):
+        if exc.name and spec.split(":", maxsplit=1)[0].startswith(exc.name):
             raise AppLoadError(f"cannot load app {spec!r}: no module named {exc.name!r} "
                                f"(run from the project's directory or set PYTHONPATH)") from None
         raise AppLoadError(f"cannot load app {spec!r}: {_where(exc)}{_describe(exc)}") from None
@@ -106,7 +108,8 @@ def queue_of(app: Any, name: str) -> str | None:
     except Exception:
         return None
     queue = options.get("queue")
-    return getattr(queue, "name", queue)
+    name = getattr(queue, "name", queue)
+    return str(name) if name is not None else None
 
 
 def list_tasks(app: Any, globs: tuple[str, ...] = ()) -> list[TaskInfo]:

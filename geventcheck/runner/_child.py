@@ -24,6 +24,7 @@ from gevent.pool import Pool
 
 from .. import _version
 from .._model import Finding, finding_to_dict
+from .._paths import is_audited_file, relative
 from ..detectors import _drivers, _hub, _stalls
 from . import _appload
 from ._channel import ChildChannel
@@ -61,6 +62,14 @@ class TaskRunner:
             d.name for d in _drivers.inventory(cfg["concurrency"]) if d.status == "blocking"
         )
 
+    def _locate(self, exc: BaseException, outcome: dict[str, Any]) -> None:
+        """Where in the app's own code the exception came from."""
+        tb = traceback.extract_tb(exc.__traceback__)
+        frames = [f for f in tb if is_audited_file(f.filename, self.roots)]
+        if frames:
+            outcome["file"] = relative(frames[-1].filename)
+            outcome["line"], outcome["function"] = frames[-1].lineno, frames[-1].name
+
     def _invoke(self, task: Any, outcome: dict[str, Any]) -> None:
         """One run through Celery's own local execution path (signals, request context)."""
         wall0, cpu0 = time.perf_counter(), time.thread_time()
@@ -69,18 +78,15 @@ class TaskRunner:
         except SystemExit as exc:
             outcome["system_exit"] = exc.code
             outcome["stack"] = traceback.format_tb(exc.__traceback__)
+            self._locate(exc, outcome)
             return
         finally:
             outcome["wall_ms"] = (time.perf_counter() - wall0) * 1000
             outcome["cpu_ms"] = (time.thread_time() - cpu0) * 1000
         if result.failed():
-            exc = result.result
-            outcome["error"] = f"{type(exc).__name__}: {exc}"
-            tb = traceback.extract_tb(getattr(exc, "__traceback__", None))
-            frames = [f for f in tb if _stalls.is_audited_file(f.filename, self.roots)]
-            if frames:
-                outcome["file"], outcome["line"] = frames[-1].filename, frames[-1].lineno
-                outcome["function"] = frames[-1].name
+            error = result.result
+            outcome["error"] = f"{type(error).__name__}: {error}"
+            self._locate(error, outcome)
 
     def _phase(self, task: Any, phase: str, copies: int) -> tuple[list[dict[str, Any]], bool]:
         """Run ``copies`` greenlets at once; returns their outcomes and whether all finished."""
@@ -91,7 +97,7 @@ class TaskRunner:
         done = gevent.joinall(glets, timeout=self.cfg["task_timeout"])
         finished = len(done) == len(glets)
         if not finished:
-            stacks = []
+            stacks: list[str] = []
             for glet in glets:
                 if not glet.dead and glet.gr_frame is not None:
                     stacks.extend(line.rstrip() for line in traceback.format_stack(glet.gr_frame))
@@ -116,15 +122,17 @@ class TaskRunner:
             if "system_exit" in outcome:
                 out.append(Finding(
                     "crash", "error",
-                    f"raised SystemExit({outcome['system_exit']!r}) ({phase} run): on a gevent "
+                    f"raised SystemExit({outcome['system_exit']!r}): on a gevent "
                     "worker this stops the whole worker and every task running in it",
                     stack=tuple(line.rstrip() for line in outcome.get("stack", ())),
-                    phase=phase, fix="raise an exception instead of calling sys.exit()"))
+                    file=outcome.get("file"), line=outcome.get("line"),
+                    function=outcome.get("function"), phase=phase,
+                    fix="raise an exception instead of calling sys.exit()"))
             elif "error" in outcome:
                 out.append(Finding(
-                    "task-error", "warning", f"raised {outcome['error']} ({phase} run)",
-                    file=os.path.relpath(outcome["file"]) if outcome.get("file") else None,
-                    line=outcome.get("line"), function=outcome.get("function"), phase=phase))
+                    "task-error", "warning", f"raised {outcome['error']}",
+                    file=outcome.get("file"), line=outcome.get("line"),
+                    function=outcome.get("function"), phase=phase))
         return out
 
     def run(self, info: _appload.TaskInfo) -> None:
@@ -197,8 +205,10 @@ def main(before_patch: frozenset[str]) -> None:
     except Exception as exc:
         chan.send("note", message=f"a worker_init receiver raised {exc!r}")
 
+    roots = _appload.app_roots(app)
+
     def on_deadlock(age: float, evidence: _hub.Evidence) -> None:
-        top = evidence.stack[0] if evidence.stack else None
+        top = _stalls.audited_frame(evidence.stack, roots)
         chan.send("deadlock", age_s=age, syscall=evidence.syscall, callee=evidence.callee,
                   endpoint=evidence.endpoint, file=top.file if top else None,
                   line=top.line if top else None, function=top.function if top else None,
@@ -210,7 +220,7 @@ def main(before_patch: frozenset[str]) -> None:
     )
     monitor.start()
     monitor.ignore(greenlet.getcurrent())
-    runner = TaskRunner(app, cfg, chan, monitor, _appload.app_roots(app))
+    runner = TaskRunner(app, cfg, chan, monitor, roots)
     skip = set(cfg["skip"])
     for info in tasks:
         if info.name in skip or info.needs_args:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._model import Driver, Environment, Finding, Settings
+from .._paths import is_audited_file, relative
 from . import _child
 from ._channel import make_pipe, read_events
 
@@ -71,22 +72,22 @@ def _last_location(lines: list[str]) -> tuple[str | None, int | None, str | None
     """The innermost frame of the thread that crashed, from a faulthandler dump."""
     for line in lines:
         match = _FAULT_FRAME.search(line)
-        if match and "/geventcheck/" not in match["file"] and "/gevent/" not in match["file"]:
-            return os.path.relpath(match["file"]), int(match["line"]), match["func"]
+        if match and is_audited_file(match["file"]):
+            return relative(match["file"]), int(match["line"]), match["func"]
     return None, None, None
 
 
 class _Child:
     """One child process and the thread that reads its channel."""
 
-    def __init__(self, cfg: dict[str, Any], workdir: str, log: Any) -> None:
+    def __init__(self, cfg: dict[str, Any], workdir: str, log: Any, cwd: str | None) -> None:
         read_fd, write_fd = make_pipe()
         self.crashlog = os.path.join(workdir, f"crash-{time.monotonic_ns()}.log")
         cfg = {**cfg, "fd": write_fd, "crashlog": self.crashlog}
         env = {**os.environ, _child.CONFIG_ENV: _json_dumps(cfg), "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _child.BOOTSTRAP], env=env, pass_fds=(write_fd,),
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd=cwd,
         )
         os.close(write_fd)
         self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
@@ -147,8 +148,10 @@ class Auditor:
     """Drives child processes until every selected task has a record."""
 
     def __init__(self, app: str, settings: Settings, *, django_settings: str | None = None,
-                 globs: tuple[str, ...] = (), callbacks: Callbacks | None = None) -> None:
+                 globs: tuple[str, ...] = (), callbacks: Callbacks | None = None,
+                 workdir: str | None = None) -> None:
         self.app = app
+        self.workdir = workdir
         self.settings = settings
         self.callbacks = callbacks or Callbacks()
         self.cfg: dict[str, Any] = {
@@ -166,7 +169,8 @@ class Auditor:
             log_path = os.path.join(workdir, "child.log")
             with open(log_path, "ab") as log:
                 while True:
-                    child = _Child({**self.cfg, "skip": self._handled()}, workdir, log)
+                    child = _Child({**self.cfg, "skip": self._handled()}, workdir, log,
+                                   cwd=self.workdir)
                     try:
                         complete = self._supervise(child, log_path)
                     finally:
@@ -179,7 +183,7 @@ class Auditor:
     def _handled(self) -> list[str]:
         return [name for name, rec in self.records.items() if rec.started]
 
-    def _supervise(self, child: _Child, log_path: str) -> bool:
+    def _supervise(self, child: _Child, log_path: str) -> bool:  # noqa: PLR0911
         """Follow one child; True when the audit is complete, False to start another."""
         timeout = self.settings.task_timeout_s
         current: TaskRecord | None = None
@@ -198,8 +202,8 @@ class Auditor:
                     raise AuditError(self._load_failure(child, log_path))
                 if current is None:
                     if self._remaining():
-                        self.notes.append(f"the audit process {_describe_exit(child.proc.returncode)}"
-                                          " between tasks; restarted it")
+                        how = _describe_exit(child.proc.returncode)
+                        self.notes.append(f"the audit process {how} between tasks; restarted it")
                         return False
                     return True
                 self._crash(current, child, exit_stack)
@@ -280,7 +284,7 @@ class Auditor:
             + (f": the worker thread sits in {blamed}" if blamed else "")
             + "; every task in a gevent worker would hang. A native lock held across a "
             "cooperative wait does this",
-            file=os.path.relpath(file) if file else None, line=event.get("line"),
+            file=relative(file) if file else None, line=event.get("line"),
             function=event.get("function"), native=blamed or None,
             endpoint=event.get("endpoint"), stack=tuple(event.get("stacks", [])),
             duration_ms=event["age_s"] * 1000,
@@ -339,6 +343,6 @@ def _location_in_traceback(lines: list[str]) -> tuple[str | None, int | None, st
     found: tuple[str | None, int | None, str | None] = (None, None, None)
     for line in lines:
         match = _TB_FRAME.search(line)
-        if match and "/geventcheck/" not in match["file"] and "site-packages" not in match["file"]:
-            found = (os.path.relpath(match["file"]), int(match["line"]), match["func"])
+        if match and is_audited_file(match["file"]):
+            found = (relative(match["file"]), int(match["line"]), match["func"])
     return found
