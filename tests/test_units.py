@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from geventcheck._judge import classify, recommend
 from geventcheck._model import Finding
 from geventcheck.detectors import _native
-from geventcheck.detectors._hub import Evidence, FrameInfo, Stall
+from geventcheck.detectors._hub import Evidence, FrameInfo, Sample, Stall
 from geventcheck.detectors._stalls import merge, stall_findings
 from geventcheck.report import write_atomic
 
@@ -25,12 +25,31 @@ LIB_FILE = os.path.join(sysconfig.get_paths()["purelib"], "psycopg2", "extras.py
 
 def _stall(duration: float, cpu: float, syscalls: list[str], *, phase: str = "solo",
            callee: str | None = None, endpoint: str | None = None) -> Stall:
+    stack = (FrameInfo(LIB_FILE, 10, "execute"), FrameInfo(APP_FILE, 42, "sync_orders"))
     evidence = Evidence(
-        syscalls=[_native.SyscallSample(s) for s in syscalls],
-        stacks=[(FrameInfo(LIB_FILE, 10, "execute"), FrameInfo(APP_FILE, 42, "sync_orders"))],
-        callee=callee, endpoint=endpoint,
+        samples=[_native_sample(s, stack) for s in syscalls],
+        callees={(LIB_FILE, 10): callee}, peers={7: endpoint},
     )
     return Stall(duration, cpu, phase, evidence)
+
+
+def _native_sample(name: str, stack: tuple[FrameInfo, ...]) -> Sample:
+    return Sample(_native.SyscallSample(name, 7), stack)
+
+
+def test_stall_is_blamed_where_most_samples_were_taken() -> None:
+    lookup = (FrameInfo(APP_FILE, 30, "sync_orders"),)
+    query = (FrameInfo(APP_FILE, 42, "sync_orders"),)
+    evidence = Evidence(
+        samples=[Sample(_native.SyscallSample("recvfrom", 5), lookup)] * 3
+        + [Sample(_native.SyscallSample("poll", 7), query)] * 20,
+        callees={(APP_FILE, 30): "redis.get", (APP_FILE, 42): "cursor.execute"},
+        peers={5: "127.0.0.1:6379", 7: "127.0.0.1:5432"},
+    )
+    [f] = stall_findings([Stall(0.23, 0.0, "solo", evidence)], threshold_s=0.05,
+                         app_roots=("/srv/app/",))
+    assert (f.line, f.endpoint) == (42, "127.0.0.1:5432")
+    assert f.native == "cursor.execute waiting in poll()"
 
 
 def test_waiting_stall_is_a_blocking_call_at_the_app_line() -> None:
@@ -66,13 +85,13 @@ def test_warm_up_stalls_are_info_and_never_judged() -> None:
 
 
 def test_blocking_driver_on_the_stack_adds_unsafe_driver() -> None:
-    import psycopg2  # noqa: F401  (the driver must be loaded for its path to be known)
+    import psycopg2
 
-    stall = _stall(0.2, 0.0, ["poll"])
-    stall.evidence.stacks[0] = (
+    stack = (
         FrameInfo(os.path.join(os.path.dirname(psycopg2.__file__), "extras.py"), 1, "execute"),
         FrameInfo(APP_FILE, 42, "sync_orders"),
     )
+    stall = Stall(0.2, 0.0, "solo", Evidence(samples=[_native_sample("poll", stack)]))
     kinds = [f.kind for f in stall_findings([stall], threshold_s=0.05,
                                             blocking_drivers=frozenset({"psycopg2"}))]
     assert kinds == ["blocking-call", "unsafe-driver"]
@@ -128,7 +147,7 @@ def test_peer_of_a_connected_socket_is_read_from_proc() -> None:
 
 
 def test_parse_syscall_names_the_call_and_its_fd() -> None:
-    sample = _native.parse_syscall("45 0x7 0x0 0x0 0x0 0x0 0x0 0x0 0x0".split())
+    sample = _native.parse_syscall(["45", "0x7", "0x0", "0x0", "0x0", "0x0", "0x0", "0x0", "0x0"])
     if _native._SYSCALLS.get(45) == "recvfrom":
         assert (sample.name, sample.fd) == ("recvfrom", 7)
     assert _native.parse_syscall(["running"]).name == "running"

@@ -30,9 +30,9 @@ _start_thread = get_original("_thread", "start_new_thread")
 _get_ident = get_original("_thread", "get_ident")
 _get_native_id = get_original("_thread", "get_native_id")
 
-# How many syscall looks and stacks one stall keeps.
+# How many looks at the stalled thread one stall keeps, and how deep a stack.
 _MAX_SAMPLES = 200
-_STACK_AT = (1, 4, 16, 64)
+_MAX_DEPTH = 40
 
 
 @dataclass(frozen=True)
@@ -45,24 +45,68 @@ class FrameInfo:
         return f"{self.file}:{self.line} in {self.function}"
 
 
+@dataclass(frozen=True)
+class Sample:
+    """One look at the stalled thread: its syscall and its stack (innermost first)."""
+
+    syscall: _native.SyscallSample
+    stack: tuple[FrameInfo, ...]
+
+
+@dataclass(frozen=True)
+class Focus:
+    """Where a stall spent most of its samples, and what the thread did there."""
+
+    stack: tuple[FrameInfo, ...]
+    syscall: str | None
+    endpoint: str | None
+    callee: str | None
+
+
+def _mode(values: list[Any]) -> Any:
+    present = [v for v in values if v is not None]
+    return Counter(present).most_common(1)[0][0] if present else None
+
+
 @dataclass
 class Evidence:
     """What the monitor thread saw while one stall was going on."""
 
-    syscalls: list[_native.SyscallSample] = field(default_factory=list)
-    stacks: list[tuple[FrameInfo, ...]] = field(default_factory=list)
-    callee: str | None = None
-    endpoint: str | None = None
+    samples: list[Sample] = field(default_factory=list)
+    # the callable named at each innermost (file, line) seen
+    callees: dict[tuple[str, int], str | None] = field(default_factory=dict)
+    # socket peer of each descriptor seen in a syscall
+    peers: dict[int, str | None] = field(default_factory=dict)
 
     @property
     def syscall(self) -> str | None:
         """What the thread mostly did: ``running``, or the syscall it sat in."""
-        names = [s.name for s in self.syscalls if s.name != "unknown"]
-        return Counter(names).most_common(1)[0][0] if names else None
+        name: str | None = _mode(
+            [s.syscall.name for s in self.samples if s.syscall.name != "unknown"])
+        return name
 
     @property
     def stack(self) -> tuple[FrameInfo, ...]:
-        return self.stacks[0] if self.stacks else ()
+        """The latest stack seen: where the thread is now."""
+        stacks = [s.stack for s in self.samples if s.stack]
+        return stacks[-1] if stacks else ()
+
+    def focus(self, place: Callable[[tuple[FrameInfo, ...]], object]) -> Focus:
+        """Blame the place (as ``place`` names it) where most samples were taken."""
+        groups: dict[object, list[Sample]] = {}
+        for sample in self.samples:
+            if sample.stack:
+                groups.setdefault(place(sample.stack), []).append(sample)
+        if not groups:
+            return Focus((), self.syscall, None, None)
+        group = max(groups.values(), key=len)
+        stack = group[0].stack
+        names = [s.syscall.name for s in group if s.syscall.name != "unknown"]
+        fds = [s.syscall.fd for s in group]
+        return Focus(
+            stack, _mode(names), _mode([self.peers.get(fd) for fd in fds if fd is not None]),
+            self.callees.get((stack[0].file, stack[0].line)),
+        )
 
 
 @dataclass(frozen=True)
@@ -79,7 +123,7 @@ class Stall:
         return self.cpu_s / self.duration_s if self.duration_s > 0 else 0.0
 
 
-def frames_of(frame: types.FrameType | None, limit: int = 60) -> tuple[FrameInfo, ...]:
+def frames_of(frame: types.FrameType | None, limit: int = _MAX_DEPTH) -> tuple[FrameInfo, ...]:
     """Innermost first."""
     out: list[FrameInfo] = []
     while frame is not None and len(out) < limit:
@@ -171,18 +215,19 @@ class HubMonitor:
                 self.on_deadlock(age, evidence)
 
     def _sample(self, evidence: Evidence, switches: int) -> None:
-        if len(evidence.syscalls) >= _MAX_SAMPLES:
+        if len(evidence.samples) >= _MAX_SAMPLES:
             return
-        sample = self._reader.read()
-        evidence.syscalls.append(sample)
-        if evidence.endpoint is None and sample.fd is not None:
-            evidence.endpoint = _native.peer_of_fd(sample.fd)
-        if len(evidence.syscalls) in _STACK_AT:
-            frame = sys._current_frames().get(self._ident)
-            if frame is not None and self._switches == switches:
-                evidence.stacks.append(frames_of(frame))
-                if evidence.callee is None:
-                    evidence.callee = _native.describe_callee(frame)
+        syscall = self._reader.read()
+        frame = sys._current_frames().get(self._ident)
+        if frame is None or self._switches != switches:
+            return
+        stack = frames_of(frame)
+        evidence.samples.append(Sample(syscall, stack))
+        if syscall.fd is not None and syscall.fd not in evidence.peers:
+            evidence.peers[syscall.fd] = _native.peer_of_fd(syscall.fd)
+        key = (stack[0].file, stack[0].line)
+        if key not in evidence.callees:
+            evidence.callees[key] = _native.describe_callee(frame)
 
     # -- control ---------------------------------------------------------------
     def ignore(self, glet: Any) -> None:

@@ -60,14 +60,14 @@ def stall_findings(
     """One finding per stall (merge them with ``merge``)."""
     findings: list[Finding] = []
     for stall in stalls:
-        evidence = stall.evidence
-        stack = evidence.stack
+        focus = stall.evidence.focus(lambda stack: audited_frame(stack, app_roots))
+        stack = focus.stack
         where = audited_frame(stack, app_roots)
         cpu_bound = stall.cpu_ratio >= CPU_RATIO
         duration_ms = round(stall.duration_s * 1000, 1)
         cpu_ms = round(stall.cpu_s * 1000, 1)
         severity: Severity = "error" if stall.duration_s > threshold_s else "warning"
-        syscall = evidence.syscall
+        syscall = focus.syscall
         location = dict(
             file=relative(where.file) if where else None,
             line=where.line if where else None,
@@ -81,7 +81,7 @@ def stall_findings(
         if cpu_bound:
             # Seen "running" while the monitor held the GIL: native code that released it.
             # A Python loop is seen waiting for the GIL instead.
-            native = evidence.callee if syscall == "running" else None
+            native = focus.callee if syscall == "running" else None
             kind = "cpu-bound"
             what = f"ran on the CPU for {duration_ms:g} ms without yielding to the hub"
             what += f" ({cpu_ms:g} ms CPU){in_function}"
@@ -93,17 +93,18 @@ def stall_findings(
                                  "the GIL" if native else ""))
             endpoint = None
         else:
-            native = evidence.callee
+            native = focus.callee
             kind = "blocking-call"
-            waiting = _native.WAIT_WORDS.get(syscall or "", f"in {syscall}" if syscall else "")
-            endpoint = evidence.endpoint
+            unnamed = f"in the {syscall} syscall" if syscall not in (None, "running") else ""
+            waiting = _native.WAIT_WORDS.get(syscall or "", unnamed)
+            endpoint = focus.endpoint
             call = " ".join(x for x in (native, waiting) if x)
             what = f"blocked the hub for {duration_ms:g} ms" + (f" in {call}" if call else "")
             if endpoint:
                 what += f" on {endpoint}"
             what += f" ({cpu_ms:g} ms CPU){in_function}"
             native = call or None
-            fix = _blocking_fix(syscall, evidence.callee)
+            fix = _blocking_fix(syscall, focus.callee)
         if stall.phase == "warm-up":
             findings.append(Finding(
                 "warm-up", "info",
@@ -114,7 +115,7 @@ def stall_findings(
         findings.append(Finding(kind, severity, what, native=native, endpoint=endpoint,
                                 fix=fix, **location))  # type: ignore[arg-type]
         driver = None if cpu_bound else blocking_driver_of(
-            [f.file for f in stack], evidence.callee, set(blocking_drivers))
+            [f.file for f in stack], focus.callee, set(blocking_drivers))
         if driver:
             findings.append(Finding(
                 "unsafe-driver", severity,

@@ -208,9 +208,13 @@ def main(before_patch: frozenset[str]) -> None:
     roots = _appload.app_roots(app)
 
     def on_deadlock(age: float, evidence: _hub.Evidence) -> None:
-        top = _stalls.audited_frame(evidence.stack, roots)
-        chan.send("deadlock", age_s=age, syscall=evidence.syscall, callee=evidence.callee,
-                  endpoint=evidence.endpoint, file=top.file if top else None,
+        stack = evidence.stack
+        top = _stalls.audited_frame(stack, roots)
+        last = evidence.samples[-1].syscall if evidence.samples else None
+        chan.send("deadlock", age_s=age, syscall=evidence.syscall,
+                  callee=evidence.callees.get((stack[0].file, stack[0].line)) if stack else None,
+                  endpoint=evidence.peers.get(last.fd) if last and last.fd is not None else None,
+                  file=top.file if top else None,
                   line=top.line if top else None, function=top.function if top else None,
                   stacks=_hub.all_stacks())
 
