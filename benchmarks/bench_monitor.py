@@ -726,14 +726,18 @@ def bench_overhead(args: argparse.Namespace) -> dict[str, Any]:
     noisy = spread > 0.15
     if noisy:
         print("   WARNING: the machine is busy (runs vary by more than 15%): the wall-clock "
-              "ratio is unreliable,\n   trust the process-CPU ratio and the per-switch costs "
-              "below, or rerun on a quiet machine")
-    ok = overhead <= OVERHEAD_TARGET
-    print(f"\nCLAIM monitor overhead monitored/unmonitored = {overhead:.3f} "
-          f"(wall, ratio of medians) <= {OVERHEAD_TARGET}: {'PASS' if ok else 'FAIL'}"
-          f"{'  (noisy run)' if noisy else ''}")
+              "ratio is unreliable,\n   so the claim below is judged on process CPU time; "
+              "rerun on a quiet machine for a wall-clock figure")
+    # On a busy machine other processes' time lands in the wall clock at random: judge the
+    # process CPU time then (the workload never waits on anything outside the process).
+    judged, basis = (cpu_ratio, "process CPU, machine busy") if noisy else (
+        overhead, "wall, ratio of medians")
+    ok = judged <= OVERHEAD_TARGET
+    print(f"\nCLAIM monitor overhead monitored/unmonitored = {judged:.3f} ({basis}) <= "
+          f"{OVERHEAD_TARGET}: {'PASS' if ok else 'FAIL'}")
 
     out = {"ratio": overhead, "pair_ratio": statistics.median(per_pair), "ok": ok,
+           "judged": judged, "basis": basis,
            "cpu_ratio": cpu_ratio, "noisy": noisy,
            "med": {"off": med_off, "monitored": med_mon}, "switches": switches,
            "micro": res["micro"]}
@@ -896,9 +900,10 @@ def readme_block(rec: dict[str, Any], ovh: dict[str, Any], aud: dict[str, Any],
         + ", ".join(f"{lbl} {r(k, 'hub-callback', HUB_SIZES_MS[0])}"
                     for k, lbl, _ in MONITORS) + f" of {HUB_SIZES_MS[0]} ms ones.",
         f"- Overhead on {args.greenlets} greenlets x {args.trips} loopback round trips: "
-        f"{ovh['ratio']:.3f}x unmonitored (target <= {OVERHEAD_TARGET}: "
-        f"{'met' if ovh['ok'] else 'NOT met'}; process CPU {ovh['cpu_ratio']:.3f}x"
-        f"{'; noisy machine' if ovh['noisy'] else ''})"
+        f"wall {ovh['ratio']:.3f}x, process CPU {ovh['cpu_ratio']:.3f}x unmonitored "
+        f"(target <= {OVERHEAD_TARGET} on {ovh['basis'].split(',')[0]}: "
+        f"{'met' if ovh['ok'] else 'NOT met'}"
+        f"{'; machine was busy' if ovh['noisy'] else ''})"
         + (f"; per greenlet switch the trace function adds "
            f"{ovh['per_switch_ns']['HubMonitor._trace'] - ovh['per_switch_ns']['none']:.0f} ns "
            f"(gevent's compiled tracer "

@@ -107,7 +107,6 @@ def _assert_cooperative(task: dict[str, Any]) -> None:
     assert task["verdict"] == "go", task
     assert "unsafe-driver" not in {f["kind"] for f in task["findings"]}, task["findings"]
     assert not [f for f in task["findings"] if f["severity"] == "error"], task["findings"]
-    assert task["stats"]["max_block_ms"] < SLEEP_MS / 2, task["stats"]
     assert _concurrent_ms(task) < OVERLAP_MS, task["stats"]
 
 
