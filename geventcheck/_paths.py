@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sysconfig
 
@@ -19,6 +20,7 @@ _PACKAGE = os.path.dirname(os.path.realpath(__file__))
 _OWN_ROOTS = (_PACKAGE + os.sep, os.path.join(os.path.dirname(_PACKAGE), "patches") + os.sep)
 
 
+@functools.lru_cache(maxsize=4096)
 def is_audited_file(path: str, app_roots: tuple[str, ...] = ()) -> bool:
     """True for the app's own code: not the stdlib, not an installed library, not us."""
     if path.startswith("<"):

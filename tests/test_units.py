@@ -24,11 +24,12 @@ LIB_FILE = os.path.join(sysconfig.get_paths()["purelib"], "psycopg2", "extras.py
 
 
 def _stall(duration: float, cpu: float, syscalls: list[str], *, phase: str = "solo",
-           callee: str | None = None, endpoint: str | None = None) -> Stall:
+           callee: str | None = None, endpoint: str | None = None,
+           gil_free: bool | None = None) -> Stall:
     stack = (FrameInfo(LIB_FILE, 10, "execute"), FrameInfo(APP_FILE, 42, "sync_orders"))
     evidence = Evidence(
-        samples=[_native_sample(s, stack) for s in syscalls],
-        callees={(LIB_FILE, 10): callee}, peers={7: endpoint},
+        samples=[Sample(_native.SyscallSample(s, 7), stack, gil_free) for s in syscalls],
+        callees={(APP_FILE, 42): callee}, peers={7: endpoint},
     )
     return Stall(duration, cpu, phase, evidence)
 
@@ -69,14 +70,22 @@ def test_short_stall_is_a_warning_not_an_error() -> None:
 
 
 def test_python_loop_names_no_native_call_but_gil_releasing_code_does() -> None:
-    # a Python loop is seen waiting for the GIL (futex) while the monitor samples it
-    [loop] = stall_findings([_stall(0.1, 0.099, ["futex"] * 9, callee="time.perf_counter")],
+    # a Python loop stops while the watcher holds the GIL; native code without the GIL runs on
+    [loop] = stall_findings([_stall(0.1, 0.099, ["futex"] * 9, callee="time.perf_counter",
+                                    gil_free=False)],
                             threshold_s=0.05, app_roots=("/srv/app/",))
-    [kdf] = stall_findings([_stall(0.1, 0.099, ["running"] * 9, callee="hashlib.pbkdf2_hmac")],
+    [kdf] = stall_findings([_stall(0.1, 0.099, ["running"] * 9, callee="hashlib.pbkdf2_hmac",
+                                   gil_free=True)],
                            threshold_s=0.05, app_roots=("/srv/app/",))
     assert loop.kind == kdf.kind == "cpu-bound"
     assert loop.native is None and "threadpool" not in (loop.fix or "")
     assert kdf.native == "hashlib.pbkdf2_hmac" and "threadpool" in (kdf.fix or "")
+
+
+def test_a_thread_off_the_cpu_in_no_syscall_is_the_machine_not_the_task() -> None:
+    # preempted by the OS: little CPU, and every look found it "running" (not in a syscall)
+    assert stall_findings([_stall(0.03, 0.001, ["running"] * 5)], threshold_s=0.05) == []
+    assert stall_findings([_stall(0.03, 0.001, [])], threshold_s=0.05) == []
 
 
 def test_warm_up_stalls_are_info_and_never_judged() -> None:

@@ -77,11 +77,14 @@ def stall_findings(
             cpu_ms=cpu_ms,
             phase=stall.phase,
         )
+        if not cpu_bound and syscall in (None, "running"):
+            # Off the CPU yet in no syscall: the OS did not schedule the thread (a busy
+            # machine), which is no call of the task's.
+            continue
         in_function = f" in {where.function}()" if where else ""
         if cpu_bound:
-            # Seen "running" while the monitor held the GIL: native code that released it.
-            # A Python loop is seen waiting for the GIL instead.
-            native = focus.callee if syscall == "running" else None
+            # Burning CPU while the watcher held the GIL: native code that let go of it.
+            native = focus.callee if focus.gil_free else None
             kind = "cpu-bound"
             what = f"ran on the CPU for {duration_ms:g} ms without yielding to the hub"
             what += f" ({cpu_ms:g} ms CPU){in_function}"

@@ -108,7 +108,6 @@ class TaskRunner:
                 stack=tuple(stacks), phase=phase,
                 fix="give every network call a timeout; check what the stack waits on")])
             pool.kill(block=True, timeout=2)
-        self.monitor.phase = "idle"
         return outcomes, finished
 
     def _send_findings(self, name: str, phase: str, findings: list[Finding],
@@ -138,15 +137,22 @@ class TaskRunner:
     def run(self, info: _appload.TaskInfo) -> None:
         task = self.app.tasks[info.name]
         cfg = self.cfg
+        self.monitor.prime([sys.modules[type(task).__module__].__file__ or ""]
+                           if type(task).__module__ in sys.modules else [])
         plan = [("warm-up", 1)] + [("solo", 1)] * cfg["runs"] + [("concurrent", cfg["concurrency"])]
         for phase, copies in plan:
             self.monitor.take_stalls()
             started = time.perf_counter()
             outcomes, finished = self._phase(task, phase, copies)
             wall_ms = (time.perf_counter() - started) * 1000
+            stalls = self.monitor.take_stalls()
+            self.monitor.phase = "idle"
             findings = _stalls.stall_findings(
-                self.monitor.take_stalls(), threshold_s=cfg["threshold_ms"] / 1000,
+                stalls, threshold_s=cfg["threshold_ms"] / 1000,
                 app_roots=self.roots, blocking_drivers=self.blocking)
+            # App files seen stalling get parsed now, between runs, for naming calls later.
+            seen = {f.file for st in stalls for sample in st.evidence.samples for f in sample.stack}
+            self.monitor.prime(f for f in seen if is_audited_file(f, self.roots))
             findings += self._outcome_findings(outcomes, phase)
             self._send_findings(
                 info.name, phase, _stalls.merge(findings), wall_ms=wall_ms,
@@ -212,15 +218,16 @@ def main(before_patch: frozenset[str]) -> None:
         top = _stalls.audited_frame(stack, roots)
         last = evidence.samples[-1].syscall if evidence.samples else None
         chan.send("deadlock", age_s=age, syscall=evidence.syscall,
-                  callee=evidence.callees.get((stack[0].file, stack[0].line)) if stack else None,
+                  callee=evidence.callees.get((top.file, top.line)) if top else None,
                   endpoint=evidence.peers.get(last.fd) if last and last.fd is not None else None,
                   file=top.file if top else None,
                   line=top.line if top else None, function=top.function if top else None,
                   stacks=_hub.all_stacks())
 
     monitor = _hub.HubMonitor(
-        cfg["warn_ms"] / 1000, deadlock_s=cfg["task_timeout"], on_deadlock=on_deadlock,
-        on_heartbeat=lambda: chan.send("heartbeat"),
+        cfg["warn_ms"] / 1000, deadlock_s=cfg["task_timeout"],
+        on_deadlock=on_deadlock, on_heartbeat=lambda: chan.send("heartbeat"),
+        is_app_file=lambda path: is_audited_file(path, roots),
     )
     monitor.start()
     monitor.ignore(greenlet.getcurrent())
