@@ -202,6 +202,7 @@ def test_psycopg3_with_c_wait_function_blocks(audit: Any) -> None:
     psycopg = _driver(result, "psycopg")
     assert psycopg["status"] == "blocking", psycopg
     assert "wait_c" in (psycopg.get("detail") or ""), psycopg
+    assert "PSYCOPG_WAIT_FUNC=wait_c chose it" in psycopg["detail"], psycopg
     assert psycopg.get("fix"), psycopg
 
 

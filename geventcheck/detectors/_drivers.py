@@ -7,6 +7,7 @@ psycopg's chosen wait function, the MySQLdb module's real identity, and so on.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from importlib import metadata
@@ -29,8 +30,8 @@ BLOCKING_FIXES = {
     "oracledb": "use python-oracledb in thin mode (the default); thick mode blocks in C",
     "pyodbc": "run the call in gevent.get_hub().threadpool, or route the task to a prefork queue",
     "cassandra": "patch before importing cassandra so it picks its gevent reactor",
-    "psycopg": "import psycopg only after gevent.monkey.patch_all() (or set "
-    "PSYCOPG_WAIT_FUNC=wait_poll) so it picks a cooperative wait function",
+    "psycopg": "import psycopg only after gevent.monkey.patch_all(), and do not set "
+    "PSYCOPG_WAIT_FUNC=wait_c, so it picks a cooperative wait function (wait_poll)",
 }
 
 _PIP_NAMES = {
@@ -79,8 +80,11 @@ def _psycopg(mod: Any, concurrency: int) -> Driver:
     wait = getattr(waiting, "wait", None)
     name = getattr(wait, "__name__", "unknown")
     if name == "wait_c":
+        forced = os.environ.get("PSYCOPG_WAIT_FUNC")
+        why = (f"PSYCOPG_WAIT_FUNC={forced} chose it" if forced
+               else "psycopg was imported before patching")
         return Driver("psycopg", "blocking", _version("psycopg"),
-                      "chose the C wait function wait_c: psycopg was imported before patching",
+                      f"uses the C wait function wait_c, which blocks the hub: {why}",
                       BLOCKING_FIXES["psycopg"])
     if wait is None:
         return Driver("psycopg", "unknown", _version("psycopg"), "psycopg.waiting not loaded")
