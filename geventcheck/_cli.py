@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from . import _version
 from ._judge import judge
 from ._model import Report, Settings
+from ._scenario import ScenarioError, load_scenario
 from .patches import SHIMS
 from .report import render_json, render_table, write_atomic
 from .runner._parent import AuditError, Auditor, Callbacks, TaskRecord
@@ -39,8 +40,10 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("-A", "--app", "app", required=True, metavar="MODULE[:ATTR]",
-              help="The Celery app, resolved as `celery -A` does.")
+@click.option("-A", "--app", "app", metavar="MODULE[:ATTR]",
+              help="The Celery app, resolved as `celery -A` does (default: the scenario's).")
+@click.option("--scenario", "scenario_path", type=click.Path(dir_okay=False),
+              help="A scenario file (TOML): the app, task inputs, environment.")
 @click.option("--django-settings", metavar="MODULE",
               help="Django settings module (default: $DJANGO_SETTINGS_MODULE); "
                    "django.setup() runs after patching.")
@@ -65,11 +68,19 @@ def cli() -> None:
               help="Write the JSON report here (atomically).")
 @click.option("-v", "--verbose", is_flag=True, help="Also show info findings (warm-up stalls).")
 def audit(  # noqa: PLR0917 - click passes every option as an argument
-    app: str, django_settings: str | None, workdir: str | None, globs: tuple[str, ...],
+    app: str | None, scenario_path: str | None, django_settings: str | None,
+    workdir: str | None, globs: tuple[str, ...],
     concurrency: int, warn_ms: float, threshold_ms: float, task_timeout: float, runs: int,
     shims: tuple[str, ...], json_path: str | None, verbose: bool,
 ) -> None:
     """Run every task of a Celery app under a monkey-patched gevent worker and judge it."""
+    scenario = load_scenario(scenario_path) if scenario_path else None
+    if scenario is not None:
+        app = app or scenario.app
+        django_settings = django_settings or scenario.django_settings
+        workdir = workdir or scenario.workdir
+    if not app:
+        raise click.UsageError("missing the app: give -A/--app, or `app` in a --scenario file")
     if warn_ms > threshold_ms:
         raise click.UsageError(f"--warn-ms ({warn_ms:g}) must not exceed --threshold-ms "
                                f"({threshold_ms:g})")
@@ -86,7 +97,7 @@ def audit(  # noqa: PLR0917 - click passes every option as an argument
     bar: dict[str, Any] = {}
 
     def on_tasks(tasks: list[TaskRecord]) -> None:
-        runnable = [t for t in tasks if not t.required]
+        runnable = [t for t in tasks if t.runnable]
         bar["id"] = progress.add_task("loading", total=len(runnable))
 
     def on_start(task: TaskRecord) -> None:
@@ -98,6 +109,7 @@ def audit(  # noqa: PLR0917 - click passes every option as an argument
     if json_path:
         json_path = os.path.abspath(json_path)
     auditor = Auditor(app, settings, django_settings=django_settings, globs=globs, workdir=workdir,
+                      scenario=scenario, env=scenario.rendered_env({}) if scenario else {},
                       callbacks=Callbacks(on_tasks, on_start, on_done))
     with progress:
         result = auditor.run()
@@ -125,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.UsageError as exc:
         click.echo(f"geventcheck: error: {exc.format_message()}", err=True)
         sys.exit(EXIT_USAGE)
-    except (AuditError, click.ClickException) as exc:
+    except (AuditError, ScenarioError, click.ClickException) as exc:
         message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
         click.echo(f"geventcheck: error: {message}", err=True)
         sys.exit(EXIT_USAGE)

@@ -67,7 +67,7 @@ def judge(rec: TaskRecord, warn_ms: float) -> TaskReport:
                   concurrent_wall_ms=round(rec.concurrent_wall_ms, 2)
                   if rec.concurrent_wall_ms is not None else None)
     verdict: Verdict
-    if rec.required and not rec.started:
+    if not rec.runnable and not rec.started:
         verdict = "skipped"
         findings = [Finding(
             "task-error", "info",

@@ -134,3 +134,15 @@ def app_roots(app: Any) -> tuple[str, ...]:
         if path and not name.startswith(("celery", "kombu")):
             roots.add(os.path.dirname(os.path.realpath(path)) + os.sep)
     return tuple(sorted(roots))
+
+
+def override_django_settings(overrides: dict[str, Any]) -> None:
+    """Scenario values for Django settings (a mock's URL, say), set after django.setup()."""
+    if not overrides:
+        return
+    if "django.conf" not in sys.modules:
+        raise AppLoadError("the scenario sets [settings] but the app does not use Django")
+    from django.conf import settings
+
+    for key, value in overrides.items():
+        setattr(settings, key, value)

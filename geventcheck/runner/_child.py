@@ -70,11 +70,11 @@ class TaskRunner:
             outcome["file"] = relative(frames[-1].filename)
             outcome["line"], outcome["function"] = frames[-1].lineno, frames[-1].name
 
-    def _invoke(self, task: Any, outcome: dict[str, Any]) -> None:
+    def _invoke(self, task: Any, outcome: dict[str, Any], call: dict[str, Any]) -> None:
         """One run through Celery's own local execution path (signals, request context)."""
         wall0, cpu0 = time.perf_counter(), time.thread_time()
         try:
-            result = task.apply(args=(), kwargs={}, throw=False)
+            result = task.apply(args=call["args"], kwargs=call["kwargs"], throw=False)
         except SystemExit as exc:
             outcome["system_exit"] = exc.code
             outcome["stack"] = traceback.format_tb(exc.__traceback__)
@@ -88,12 +88,14 @@ class TaskRunner:
             outcome["error"] = f"{type(error).__name__}: {error}"
             self._locate(error, outcome)
 
-    def _phase(self, task: Any, phase: str, copies: int) -> tuple[list[dict[str, Any]], bool]:
-        """Run ``copies`` greenlets at once; returns their outcomes and whether all finished."""
+    def _phase(self, task: Any, phase: str, calls: list[dict[str, Any]],
+               ) -> tuple[list[dict[str, Any]], bool]:
+        """Run one greenlet per call at once; returns their outcomes and whether all finished."""
         self.monitor.phase = phase
-        outcomes: list[dict[str, Any]] = [{} for _ in range(copies)]
-        pool = Pool(copies)
-        glets = [pool.spawn(self._invoke, task, outcome) for outcome in outcomes]
+        outcomes: list[dict[str, Any]] = [{} for _ in calls]
+        pool = Pool(len(calls))
+        glets = [pool.spawn(self._invoke, task, outcome, call)
+                 for outcome, call in zip(outcomes, calls, strict=True)]
         done = gevent.joinall(glets, timeout=self.cfg["task_timeout"])
         finished = len(done) == len(glets)
         if not finished:
@@ -134,16 +136,23 @@ class TaskRunner:
                     function=outcome.get("function"), phase=phase))
         return out
 
-    def run(self, info: _appload.TaskInfo) -> None:
+    def run(self, info: _appload.TaskInfo, calls: list[dict[str, Any]]) -> None:
+        """Warm-up with the first call, solo runs and concurrent copies taking turns."""
         task = self.app.tasks[info.name]
         cfg = self.cfg
         self.monitor.prime([sys.modules[type(task).__module__].__file__ or ""]
                            if type(task).__module__ in sys.modules else [])
-        plan = [("warm-up", 1)] + [("solo", 1)] * cfg["runs"] + [("concurrent", cfg["concurrency"])]
-        for phase, copies in plan:
+
+        def turn(i: int) -> dict[str, Any]:
+            return calls[i % len(calls)]
+
+        plan = [("warm-up", [turn(0)])]
+        plan += [("solo", [turn(i)]) for i in range(cfg["runs"])]
+        plan += [("concurrent", [turn(i) for i in range(cfg["concurrency"])])]
+        for phase, phase_calls in plan:
             self.monitor.take_stalls()
             started = time.perf_counter()
-            outcomes, finished = self._phase(task, phase, copies)
+            outcomes, finished = self._phase(task, phase, phase_calls)
             wall_ms = (time.perf_counter() - started) * 1000
             stalls = self.monitor.take_stalls()
             self.monitor.phase = "idle"
@@ -185,9 +194,11 @@ def main(before_patch: frozenset[str]) -> None:
     faulthandler.enable(file=crashlog, all_threads=True)
     faulthandler.register(signal.SIGUSR1, file=crashlog, all_threads=True)
     _install_exit_reporter(chan)
+    sys.path[:0] = [p for p in cfg.get("paths", []) if p not in sys.path]
     try:
         _apply_shims(cfg["shims"])
         app = _appload.load_app(cfg["app"], cfg.get("django_settings"))
+        _appload.override_django_settings(cfg.get("settings") or {})
     except (_appload.AppLoadError, ImportError) as exc:
         chan.send("load-error", message=str(exc))
         _REAL_EXIT(2)
@@ -200,7 +211,7 @@ def main(before_patch: frozenset[str]) -> None:
     )
     chan.send("tasks", tasks=[
         {"name": t.name, "queue": t.queue, "required": list(t.required)} for t in tasks
-    ])
+    ], all_tasks=sorted(name for name in app.tasks if not name.startswith("celery.")))
     try:
         from celery import signals
 
@@ -233,11 +244,12 @@ def main(before_patch: frozenset[str]) -> None:
     monitor.ignore(greenlet.getcurrent())
     runner = TaskRunner(app, cfg, chan, monitor, roots)
     skip = set(cfg["skip"])
+    inputs: dict[str, list[dict[str, Any]]] = cfg.get("calls") or {}
     for info in tasks:
-        if info.name in skip or info.needs_args:
+        if info.name in skip or (info.needs_args and info.name not in inputs):
             continue
         chan.send("task-start", task=info.name)
-        runner.run(info)
+        runner.run(info, inputs.get(info.name) or [{"args": [], "kwargs": {}}])
         chan.send("task-done", task=info.name)
     monitor.stop()
     chan.send("done", version=_version.__version__)

@@ -24,6 +24,7 @@ from typing import Any
 
 from .._model import Driver, Environment, Finding, Settings
 from .._paths import is_audited_file, relative
+from .._scenario import Scenario
 from . import _child
 from ._channel import make_pipe, read_events
 
@@ -43,12 +44,19 @@ class TaskRecord:
     name: str
     queue: str | None
     required: tuple[str, ...] = ()
+    has_inputs: bool = False
     findings: list[Finding] = field(default_factory=list)
     solo_runs: list[dict[str, Any]] = field(default_factory=list)
     concurrent_wall_ms: float | None = None
     concurrent_runs: list[dict[str, Any]] = field(default_factory=list)
     started: bool = False
     finished: bool = False
+
+
+    @property
+    def runnable(self) -> bool:
+        """Has what it needs to run: no required arguments, or inputs from the scenario."""
+        return not self.required or self.has_inputs
 
 
 @dataclass
@@ -80,11 +88,13 @@ def _last_location(lines: list[str]) -> tuple[str | None, int | None, str | None
 class _Child:
     """One child process and the thread that reads its channel."""
 
-    def __init__(self, cfg: dict[str, Any], workdir: str, log: Any, cwd: str | None) -> None:
+    def __init__(self, cfg: dict[str, Any], workdir: str, log: Any, cwd: str | None,
+                 env: dict[str, str]) -> None:
         read_fd, write_fd = make_pipe()
         self.crashlog = os.path.join(workdir, f"crash-{time.monotonic_ns()}.log")
         cfg = {**cfg, "fd": write_fd, "crashlog": self.crashlog}
-        env = {**os.environ, _child.CONFIG_ENV: _json_dumps(cfg), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **env, _child.CONFIG_ENV: _json_dumps(cfg),
+               "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _child.BOOTSTRAP], env=env, pass_fds=(write_fd,),
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd=cwd,
@@ -149,9 +159,12 @@ class Auditor:
 
     def __init__(self, app: str, settings: Settings, *, django_settings: str | None = None,
                  globs: tuple[str, ...] = (), callbacks: Callbacks | None = None,
-                 workdir: str | None = None) -> None:
+                 workdir: str | None = None, scenario: Scenario | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.app = app
         self.workdir = workdir
+        self.scenario = scenario
+        self.env = env or {}
         self.settings = settings
         self.callbacks = callbacks or Callbacks()
         self.cfg: dict[str, Any] = {
@@ -159,6 +172,9 @@ class Auditor:
             "warn_ms": settings.warn_ms, "threshold_ms": settings.threshold_ms,
             "concurrency": settings.concurrency, "runs": settings.runs,
             "task_timeout": settings.task_timeout_s, "shims": list(settings.shims), "skip": [],
+            "calls": scenario.calls_as_json() if scenario else {},
+            "paths": list(scenario.paths) if scenario else [],
+            "settings": scenario.settings if scenario else {},
         }
         self.records: dict[str, TaskRecord] = {}
         self.environment: Environment | None = None
@@ -170,7 +186,7 @@ class Auditor:
             with open(log_path, "ab") as log:
                 while True:
                     child = _Child({**self.cfg, "skip": self._handled()}, workdir, log,
-                                   cwd=self.workdir)
+                                   cwd=self.workdir, env=self.env)
                     try:
                         complete = self._supervise(child, log_path)
                     finally:
@@ -217,6 +233,7 @@ class Auditor:
                 self.environment = _environment(event)
             elif kind == "tasks":
                 if not loaded:
+                    self._check_scenario(event.get("all_tasks", []))
                     self._register(event["tasks"])
                     loaded = True
             elif kind == "task-start":
@@ -254,11 +271,19 @@ class Auditor:
                                  f"{_LOAD_TIMEOUT_S:g} s")
 
     def _remaining(self) -> bool:
-        return any(not r.started and not r.required for r in self.records.values())
+        return any(not r.started and r.runnable for r in self.records.values())
+
+    def _check_scenario(self, known: list[str]) -> None:
+        if self.scenario is None:
+            return
+        for name in self.scenario.calls:
+            if name not in known:
+                raise AuditError(str(self.scenario.unknown_task_error(name, known)))
 
     def _register(self, tasks: list[dict[str, Any]]) -> None:
         for t in tasks:
-            self.records[t["name"]] = TaskRecord(t["name"], t["queue"], tuple(t["required"]))
+            self.records[t["name"]] = TaskRecord(t["name"], t["queue"], tuple(t["required"]),
+                                                 has_inputs=t["name"] in self.cfg["calls"])
         self.callbacks.on_tasks(list(self.records.values()))
 
     def _phase(self, rec: TaskRecord, event: dict[str, Any]) -> None:

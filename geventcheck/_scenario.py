@@ -1,0 +1,198 @@
+"""Scenario files: which app to audit, the inputs its tasks need, and their environment.
+
+A scenario is TOML, validated strictly: an unknown key, a wrong type or a bad
+value is one ``ScenarioError`` whose message names the file and the line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+_TOP_KEYS = {"app", "django_settings", "paths", "workdir", "env", "settings", "tasks", "services"}
+_CALL_KEYS = {"args", "kwargs"}
+_TASK_KEYS = {"calls"}
+_TEMPLATE = re.compile(r"\{([A-Za-z_][\w-]*)\.(url|host|port)\}")
+
+
+class ScenarioError(Exception):
+    """The scenario file is wrong; the message is the one line the user sees."""
+
+
+@dataclass(frozen=True)
+class Call:
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    path: str
+    app: str | None = None
+    django_settings: str | None = None
+    workdir: str | None = None
+    paths: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    calls: dict[str, tuple[Call, ...]] = field(default_factory=dict)
+    services: dict[str, Any] = field(default_factory=dict)
+    # line of each task's table in the file, for errors found once the app is loaded
+    task_lines: dict[str, int | None] = field(default_factory=dict)
+
+    def unknown_task_error(self, name: str, known: list[str]) -> ScenarioError:
+        import difflib
+
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        line = self.task_lines.get(name)
+        where = f"{self.path}:{line}" if line else self.path
+        return ScenarioError(f"{where}: task {name!r} is not a task of the app{hint}")
+
+    def calls_as_json(self) -> dict[str, list[dict[str, Any]]]:
+        return {name: [{"args": list(c.args), "kwargs": c.kwargs} for c in calls]
+                for name, calls in self.calls.items()}
+
+    def rendered_env(self, values: dict[str, str]) -> dict[str, str]:
+        """``env`` with ``{service.url}``-style placeholders filled in."""
+        return {k: render(v, values, self.path) for k, v in self.env.items()}
+
+
+def render(text: str, values: dict[str, str], where: str = "scenario") -> str:
+    def sub(match: re.Match[str]) -> str:
+        key = f"{match[1]}.{match[2]}"
+        if key not in values:
+            raise ScenarioError(f"{where}: {{{key}}} names no service of this scenario")
+        return values[key]
+
+    return _TEMPLATE.sub(sub, text)
+
+
+class _Reader:
+    """Finds the line of a key in the raw text, since tomllib does not keep positions."""
+
+    def __init__(self, path: str, text: str) -> None:
+        self.path = path
+        self.lines = text.splitlines()
+
+    def line_of(self, *names: str) -> int | None:
+        """The line of the last of ``names`` (a key or a table name), searched in order."""
+        start = 0
+        found = None
+        for name in names:
+            quoted = re.escape(name)
+            key = re.compile(r'(^|[\s{,])"?' + quoted + r'"?\s*=')
+            header = re.compile(r'^\s*\[\[?[^\]]*(^|[\s.\["])"?' + quoted + r'"?\s*(\.|\])')
+            for number in range(start, len(self.lines)):
+                line = self.lines[number]
+                if key.search(line) or header.search(line):
+                    found = number + 1
+                    start = number
+                    break
+        return found
+
+    def error(self, message: str, *names: str) -> ScenarioError:
+        line = self.line_of(*names) if names else None
+        where = f"{self.path}:{line}" if line else self.path
+        return ScenarioError(f"{where}: {message}")
+
+
+def _expect(reader: _Reader, value: Any, kind: type | tuple[type, ...], what: str,
+            *names: str) -> Any:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        expected = kind.__name__ if isinstance(kind, type) else " or ".join(
+            k.__name__ for k in kind)
+        names_ = {"str": "a string", "list": "an array", "dict": "a table", "int": "an integer"}
+        raise reader.error(
+            f"{what} must be {names_.get(expected, expected)}, got {type(value).__name__} "
+            f"{value!r}", *names)
+    return value
+
+
+def _unknown(reader: _Reader, table: dict[str, Any], allowed: set[str], where: str,
+             *names: str) -> None:
+    for key in table:
+        if key not in allowed:
+            raise reader.error(f"unknown key {key!r} in {where} (allowed: "
+                               f"{', '.join(sorted(allowed))})", *names, key)
+
+
+def _calls(reader: _Reader, name: str, table: Any) -> tuple[Call, ...]:
+    table = _expect(reader, table, dict, f"[tasks.{name!r}]", name)
+    _unknown(reader, table, _TASK_KEYS, f"[tasks.{name!r}]", name)
+    raw = _expect(reader, table.get("calls", []), list, f"tasks.{name!r}.calls", name, "calls")
+    if not raw:
+        raise reader.error(f"task {name!r} has no calls: give at least one "
+                           "{ args = [...], kwargs = {...} }", name)
+    calls = []
+    for entry in raw:
+        call = _expect(reader, entry, dict, f"a call of {name!r}", name, "calls")
+        _unknown(reader, call, _CALL_KEYS, f"a call of {name!r}", name)
+        args = _expect(reader, call.get("args", []), list, f"args of {name!r}", name, "args")
+        kwargs = _expect(reader, call.get("kwargs", {}), dict, f"kwargs of {name!r}", name,
+                         "kwargs")
+        calls.append(Call(tuple(args), dict(kwargs)))
+    return tuple(calls)
+
+
+def load_scenario(path: str) -> Scenario:
+    """Read and check a scenario file; relative paths in it are relative to the file."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read the scenario: {exc.strerror}") from None
+    text = raw.decode("utf-8", errors="replace")
+    reader = _Reader(path, text)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
+    _unknown(reader, data, _TOP_KEYS, "the scenario")
+    base = os.path.dirname(os.path.abspath(path))
+    app = data.get("app")
+    if app is not None:
+        _expect(reader, app, str, "app", "app")
+    django = data.get("django_settings")
+    if django is not None:
+        _expect(reader, django, str, "django_settings", "django_settings")
+    workdir = os.path.join(base, _expect(reader, data.get("workdir", "."), str, "workdir",
+                                         "workdir"))
+    if not os.path.isdir(workdir):
+        raise reader.error(f"workdir {workdir!r} is not a folder", "workdir")
+    paths = []
+    for raw_entry in _expect(reader, data.get("paths", []), list, "paths", "paths"):
+        entry = _expect(reader, raw_entry, str, "an entry of paths", "paths")
+        full = os.path.join(base, entry)
+        if not os.path.isdir(full):
+            raise reader.error(f"paths entry {entry!r} is not a folder", "paths")
+        paths.append(full)
+    env = _expect(reader, data.get("env", {}), dict, "[env]", "env")
+    for key, value in env.items():
+        _expect(reader, value, str, f"env.{key}", "env", key)
+    settings = _expect(reader, data.get("settings", {}), dict, "[settings]", "settings")
+    tasks = _expect(reader, data.get("tasks", {}), dict, "[tasks]", "tasks")
+    services = _expect(reader, data.get("services", {}), dict, "[services]", "services")
+    scenario = Scenario(
+        path=path, app=app, django_settings=django, workdir=workdir, paths=tuple(paths),
+        env=dict(env), settings=dict(settings),
+        calls={name: _calls(reader, name, table) for name, table in tasks.items()},
+        services=dict(services),
+        task_lines={name: reader.line_of("tasks", name) for name in tasks},
+    )
+    for key, value in scenario.env.items():  # templates must name known services
+        for match in _TEMPLATE.finditer(value):
+            if match[1] not in services_names(scenario):
+                raise reader.error(f"env.{key} uses {{{match[0][1:-1]}}}, but the scenario "
+                                   f"has no service {match[1]!r}", "env", key)
+    return scenario
+
+
+def services_names(scenario: Scenario) -> set[str]:
+    names: set[str] = set()
+    for group in scenario.services.values():
+        if isinstance(group, list):
+            names.update(str(item.get("name")) for item in group if isinstance(item, dict))
+    return names
