@@ -18,7 +18,7 @@ from .conftest import APPS
         (["-A", "hazards", "-c", "0"], "expected a positive number, got 0"),
         (["-A", "hazards", "--warn-ms", "80"], "--warn-ms (80) must not exceed --threshold-ms"),
         (["-A", "hazards", "--shim", "nonsense"], "'nonsense' is not one of"),
-        (["--concurrency", "4"], "Missing option '-A'"),
+        (["--concurrency", "4"], "missing the app: give -A/--app, or `app` in a --scenario"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(audit, args: list[str], expected: str) -> None:
