@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import os
 import sys
 import traceback
@@ -13,12 +12,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import _version
-from ._judge import judge
-from ._model import Report, Settings
+from ._audit import AuditPlan, run_audit
+from ._model import Settings
 from ._scenario import ScenarioError, load_scenario
 from .patches import SHIMS
 from .report import render_json, render_table, write_atomic
-from .runner._parent import AuditError, Auditor, Callbacks, TaskRecord
+from .runner._parent import AuditError, Callbacks, TaskRecord
+from .services import ServiceError
 
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
@@ -108,24 +108,17 @@ def audit(  # noqa: PLR0917 - click passes every option as an argument
 
     if json_path:
         json_path = os.path.abspath(json_path)
-    auditor = Auditor(app, settings, django_settings=django_settings, globs=globs, workdir=workdir,
-                      scenario=scenario, env=scenario.rendered_env({}) if scenario else {},
-                      callbacks=Callbacks(on_tasks, on_start, on_done))
+    plan = AuditPlan(app, settings, django_settings=django_settings, workdir=workdir,
+                     globs=globs, scenario=scenario)
     with progress:
-        result = auditor.run()
-    if not result.tasks:
+        report, notes = run_audit(plan, Callbacks(on_tasks, on_start, on_done))
+    if not report.tasks:
         raise click.UsageError(
             f"no tasks to audit in {app!r}" + (f" matching {', '.join(globs)}" if globs else ""))
-    report = Report(
-        tool_version=_version.__version__,
-        created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        app=app, settings=settings, environment=result.environment,
-        tasks=tuple(judge(rec, warn_ms) for rec in result.tasks),
-    )
     if json_path:
         write_atomic(json_path, render_json(report))
     out.print(render_table(report, verbose=verbose))
-    for note in result.notes:
+    for note in notes:
         err.print(f"note: {note}", style="dim")
     sys.exit(report.exit_code)
 
@@ -137,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.UsageError as exc:
         click.echo(f"geventcheck: error: {exc.format_message()}", err=True)
         sys.exit(EXIT_USAGE)
-    except (AuditError, ScenarioError, click.ClickException) as exc:
+    except (AuditError, ScenarioError, ServiceError, click.ClickException) as exc:
         message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
         click.echo(f"geventcheck: error: {message}", err=True)
         sys.exit(EXIT_USAGE)

@@ -9,6 +9,7 @@ Classification uses the median solo run: CPU share = cpu_ms / wall_ms.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 
 from ._model import Classification, Finding, Pool, Stats, TaskReport, Verdict
@@ -52,8 +53,24 @@ def recommend(classification: Classification, findings: list[Finding]) -> Pool:
     return "gevent"
 
 
-def judge(rec: TaskRecord, warn_ms: float) -> TaskReport:
-    findings = merge(rec.findings)
+def _name_services(findings: list[Finding], services: dict[str, str]) -> list[Finding]:
+    """Say which mocked service a blocked call waited on, not just its address."""
+    named = []
+    for finding in findings:
+        name = services.get(finding.endpoint or "")
+        if name and finding.endpoint:
+            where = f"on {finding.endpoint}"
+            named.append(dataclasses.replace(
+                finding, service=name,
+                message=finding.message.replace(where, f"{where} (service {name!r})")))
+        else:
+            named.append(finding)
+    return named
+
+
+def judge(rec: TaskRecord, warn_ms: float, services: dict[str, str] | None = None) -> TaskReport:
+    """``services`` maps ``host:port`` of each mocked service to its name."""
+    findings = _name_services(merge(rec.findings), services or {})
     runs = [r for r in rec.solo_runs if r.get("wall_ms") is not None]
     ok_runs = [r for r in runs if not r.get("error")]
     measured = ok_runs or runs
@@ -84,4 +101,5 @@ def judge(rec: TaskRecord, warn_ms: float) -> TaskReport:
         else:
             verdict = "go"
     return TaskReport(rec.name, rec.queue, verdict, classification,
-                      recommend(classification, findings), stats, tuple(findings))
+                      recommend(classification, findings), stats, tuple(findings),
+                      services=dict(sorted(rec.service_calls.items())))

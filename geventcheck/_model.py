@@ -49,6 +49,7 @@ class Finding:
     fix: str | None = None
     count: int = 1
     phase: str | None = None
+    service: str | None = None
 
     @property
     def where(self) -> str:
@@ -82,6 +83,8 @@ class TaskReport:
     recommended_pool: Pool
     stats: Stats
     findings: tuple[Finding, ...] = ()
+    # requests each mocked service received while this task ran
+    services: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def top_finding(self) -> Finding | None:
@@ -193,6 +196,7 @@ def report_to_dict(report: Report) -> dict[str, Any]:
                 "recommended_pool": t.recommended_pool,
                 "stats": _drop_none(dataclasses.asdict(t.stats)),
                 "findings": [finding_to_dict(f) for f in t.findings],
+                "services": dict(t.services),
             }
             for t in report.tasks
         ],

@@ -12,10 +12,20 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-_TOP_KEYS = {"app", "django_settings", "paths", "workdir", "env", "settings", "tasks", "services"}
+from .services import HttpService, ProxyService, Route, Service, SmtpService, check_services
+
+_TOP_KEYS = {
+    "app", "django_settings", "paths", "workdir", "env", "settings", "tasks", "services", "allow",
+}
+_SERVICE_KEYS = {
+    "http": {"name", "tls", "port", "hosts", "routes", "default"},
+    "smtp": {"name", "port", "hosts", "latency_ms", "starttls"},
+    "proxy": {"name", "target", "port", "latency_ms"},
+}
+_ROUTE_KEYS = {"method", "path", "status", "json", "body", "headers", "latency_ms", "jitter_ms"}
 _CALL_KEYS = {"args", "kwargs"}
 _TASK_KEYS = {"calls"}
-_TEMPLATE = re.compile(r"\{([A-Za-z_][\w-]*)\.(url|host|port)\}")
+_TEMPLATE = re.compile(r"\{([A-Za-z_][\w-]*)\.(url|host|port|scheme)\}")
 
 
 class ScenarioError(Exception):
@@ -38,7 +48,8 @@ class Scenario:
     env: dict[str, str] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     calls: dict[str, tuple[Call, ...]] = field(default_factory=dict)
-    services: dict[str, Any] = field(default_factory=dict)
+    services: tuple[Service, ...] = ()
+    allow: tuple[tuple[str, int | None], ...] = ()
     # line of each task's table in the file, for errors found once the app is loaded
     task_lines: dict[str, int | None] = field(default_factory=dict)
 
@@ -58,6 +69,11 @@ class Scenario:
     def rendered_env(self, values: dict[str, str]) -> dict[str, str]:
         """``env`` with ``{service.url}``-style placeholders filled in."""
         return {k: render(v, values, self.path) for k, v in self.env.items()}
+
+    def rendered_settings(self, values: dict[str, str]) -> dict[str, Any]:
+        """Django settings, with placeholders filled in inside strings."""
+        return {k: render(v, values, self.path) if isinstance(v, str) else v
+                for k, v in self.settings.items()}
 
 
 def render(text: str, values: dict[str, str], where: str = "scenario") -> str:
@@ -174,25 +190,89 @@ def load_scenario(path: str) -> Scenario:
         _expect(reader, value, str, f"env.{key}", "env", key)
     settings = _expect(reader, data.get("settings", {}), dict, "[settings]", "settings")
     tasks = _expect(reader, data.get("tasks", {}), dict, "[tasks]", "tasks")
-    services = _expect(reader, data.get("services", {}), dict, "[services]", "services")
+    services = _services(reader, _expect(reader, data.get("services", {}), dict, "[services]",
+                                         "services"))
+    allow = tuple(_endpoint(reader, item, "allow") for item in
+                  _expect(reader, data.get("allow", []), list, "allow", "allow"))
     scenario = Scenario(
         path=path, app=app, django_settings=django, workdir=workdir, paths=tuple(paths),
         env=dict(env), settings=dict(settings),
         calls={name: _calls(reader, name, table) for name, table in tasks.items()},
-        services=dict(services),
+        services=services,
+        allow=allow,
         task_lines={name: reader.line_of("tasks", name) for name in tasks},
     )
-    for key, value in scenario.env.items():  # templates must name known services
+    names = {service.name for service in services}
+    templated = [("env", k, v) for k, v in scenario.env.items()]
+    templated += [("settings", k, v) for k, v in scenario.settings.items() if isinstance(v, str)]
+    for table, key, value in templated:  # templates must name services of this scenario
         for match in _TEMPLATE.finditer(value):
-            if match[1] not in services_names(scenario):
-                raise reader.error(f"env.{key} uses {{{match[0][1:-1]}}}, but the scenario "
-                                   f"has no service {match[1]!r}", "env", key)
+            if match[1] not in names:
+                raise reader.error(f"{table}.{key} uses {{{match[0][1:-1]}}}, but the scenario "
+                                   f"has no service {match[1]!r}", table, key)
+            if match[2] == "url" and not any(
+                    isinstance(s, HttpService) and s.name == match[1] for s in services):
+                raise reader.error(f"{table}.{key} uses {{{match[0][1:-1]}}}, but only HTTP "
+                                   "services have a url (use .host and .port)", table, key)
     return scenario
 
 
-def services_names(scenario: Scenario) -> set[str]:
-    names: set[str] = set()
-    for group in scenario.services.values():
-        if isinstance(group, list):
-            names.update(str(item.get("name")) for item in group if isinstance(item, dict))
-    return names
+def _endpoint(reader: _Reader, text: Any, *names: str) -> tuple[str, int | None]:
+    text = _expect(reader, text, str, "an endpoint", *names)
+    host, _, port = text.rpartition(":") if ":" in text else (text, "", "")
+    if not host or (port and not port.isdigit()):
+        raise reader.error(f"{text!r} is not host or host:port", *names)
+    return host, int(port) if port else None
+
+
+def _route(reader: _Reader, raw: Any, where: str, name: str) -> Route:
+    table = _expect(reader, raw, dict, f"a route of {where}", name)
+    _unknown(reader, table, _ROUTE_KEYS, f"a route of {where}", name)
+    return Route(
+        method=table.get("method", "GET"), path=table.get("path", "/*"),
+        status=table.get("status", 200), json=table.get("json"), body=table.get("body"),
+        headers=dict(table.get("headers", {})), latency_ms=table.get("latency_ms", 0),
+        jitter_ms=table.get("jitter_ms", 0),
+    )
+
+
+def _services(reader: _Reader, raw: dict[str, Any]) -> tuple[Service, ...]:
+    """The [[services.http]], [[services.smtp]] and [[services.proxy]] tables as specs."""
+    found: list[Service] = []
+    for kind, entries in raw.items():
+        if kind not in _SERVICE_KEYS:
+            raise reader.error(f"unknown service kind {kind!r} (allowed: "
+                               f"{', '.join(sorted(_SERVICE_KEYS))})", "services", kind)
+        for entry in _expect(reader, entries, list, f"services.{kind}", "services", kind):
+            table = _expect(reader, entry, dict, f"a services.{kind} entry", "services", kind)
+            name = _expect(reader, table.get("name"), str, f"the name of a services.{kind}",
+                           "services", kind)
+            _unknown(reader, table, _SERVICE_KEYS[kind], f"service {name!r}", "name", name)
+            try:
+                found.append(_service(reader, kind, name, table))
+            except (ValueError, TypeError) as exc:
+                raise reader.error(str(exc).rstrip("."), "name", name) from None
+    try:
+        check_services(tuple(found))
+    except ValueError as exc:
+        raise reader.error(str(exc).rstrip("."), "services") from None
+    return tuple(found)
+
+
+def _service(reader: _Reader, kind: str, name: str, table: dict[str, Any]) -> Service:
+    port = table.get("port", 0)
+    hosts = tuple(table.get("hosts", ()))
+    if kind == "http":
+        routes = tuple(_route(reader, r, repr(name), name) for r in table.get("routes", []))
+        default = table.get("default")
+        extra = {"default": _route(reader, default, repr(name), name)} if default else {}
+        return HttpService(name, routes, tls=table.get("tls", False), hosts=hosts, port=port,
+                           **extra)
+    if kind == "smtp":
+        return SmtpService(name, latency_ms=table.get("latency_ms", 0), hosts=hosts, port=port,
+                           starttls=table.get("starttls", False))
+    host, target_port = _endpoint(reader, table.get("target"), "name", name, "target")
+    if target_port is None:
+        raise reader.error(f"service {name!r}: target needs a port (host:port)", "name", name)
+    return ProxyService(name, host, target_port, latency_ms=table.get("latency_ms", 0),
+                        port=port)

@@ -234,7 +234,7 @@ def _qualified_name(target: object) -> str | None:
         module = objclass.__module__
     if isinstance(owner, types.ModuleType):
         module = owner.__name__
-    module = {"posix": "os", "_socket": "socket", "_hashlib": "hashlib"}.get(module or "", module)
+    module = {"posix": "os", "_hashlib": "hashlib"}.get(module or "", module)
     if module in (None, "builtins"):
         return str(qualname)
     return f"{module}.{qualname}"

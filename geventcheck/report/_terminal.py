@@ -19,6 +19,13 @@ def _reason(task: TaskReport) -> str:
     return f"{top.kind}{where}"
 
 
+def _classification(task: TaskReport) -> str:
+    """``io`` tasks say what they waited on when it was a mocked service."""
+    if task.classification in ("io", "mixed") and task.services:
+        return f"{task.classification}: {', '.join(task.services)}"
+    return task.classification
+
+
 def _evidence(task: TaskReport, finding: Finding) -> Text:
     text = Text()
     style = {"error": "red", "warning": "yellow", "info": "dim"}[finding.severity]
@@ -46,7 +53,7 @@ def render_table(report: Report, *, verbose: bool = False) -> RenderableType:
     for task in report.tasks:
         table.add_row(
             task.name, task.queue or "-", Text(task.verdict, style=_VERDICT_STYLE[task.verdict]),
-            task.classification, task.recommended_pool,
+            _classification(task), task.recommended_pool,
             f"{task.stats.max_block_ms:g} ms" if task.stats.max_block_ms else "-",
             _reason(task),
         )

@@ -58,8 +58,11 @@ class TaskRunner:
         self.chan = chan
         self.monitor = monitor
         self.roots = roots
-        self.blocking = frozenset(
-            d.name for d in _drivers.inventory(cfg["concurrency"]) if d.status == "blocking"
+
+    def _blocking_drivers(self) -> frozenset[str]:
+        """Asked after every phase: tasks often import their driver on first use."""
+        return frozenset(
+            d.name for d in _drivers.inventory(self.cfg["concurrency"]) if d.status == "blocking"
         )
 
     def _locate(self, exc: BaseException, outcome: dict[str, Any]) -> None:
@@ -158,7 +161,7 @@ class TaskRunner:
             self.monitor.phase = "idle"
             findings = _stalls.stall_findings(
                 stalls, threshold_s=cfg["threshold_ms"] / 1000,
-                app_roots=self.roots, blocking_drivers=self.blocking)
+                app_roots=self.roots, blocking_drivers=self._blocking_drivers())
             # App files seen stalling get parsed now, between runs, for naming calls later.
             seen = {f.file for st in stalls for sample in st.evidence.samples for f in sample.stack}
             self.monitor.prime(f for f in seen if is_audited_file(f, self.roots))
@@ -248,10 +251,13 @@ def main(before_patch: frozenset[str]) -> None:
     for info in tasks:
         if info.name in skip or (info.needs_args and info.name not in inputs):
             continue
-        chan.send("task-start", task=info.name)
+        chan.send("task-start", task=info.name, t=time.time())
         runner.run(info, inputs.get(info.name) or [{"args": [], "kwargs": {}}])
-        chan.send("task-done", task=info.name)
+        chan.send("task-done", task=info.name, t=time.time())
     monitor.stop()
+    # Drivers imported by the tasks themselves are loaded only now.
+    chan.send("drivers", drivers=[dataclasses.asdict(d)
+                                  for d in _drivers.inventory(cfg["concurrency"])])
     chan.send("done", version=_version.__version__)
     sys.stdout.flush()
     _REAL_EXIT(0)

@@ -9,6 +9,7 @@ with the remaining tasks.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import queue
 import re
@@ -51,7 +52,9 @@ class TaskRecord:
     concurrent_runs: list[dict[str, Any]] = field(default_factory=list)
     started: bool = False
     finished: bool = False
-
+    # wall-clock (Unix) time of the task's first and last run, to match the services' log
+    window: tuple[float, float] | None = None
+    service_calls: dict[str, int] = field(default_factory=dict)
 
     @property
     def runnable(self) -> bool:
@@ -64,6 +67,19 @@ class AuditRun:
     environment: Environment
     tasks: list[TaskRecord]
     notes: list[str]
+
+
+def count_service_calls(records: list[TaskRecord], log: list[dict[str, Any]]) -> None:
+    """Attribute each request, message or connection to the task running when it came."""
+    arrivals = [e for e in log if e.get("event") != "close"]  # a proxied connection's end
+    for rec in records:
+        if rec.window is None:
+            continue
+        start, end = rec.window
+        for entry in arrivals:
+            if start <= entry.get("time", 0.0) <= end:
+                name = entry.get("service", "?")
+                rec.service_calls[name] = rec.service_calls.get(name, 0) + 1
 
 
 @dataclass
@@ -160,7 +176,9 @@ class Auditor:
     def __init__(self, app: str, settings: Settings, *, django_settings: str | None = None,
                  globs: tuple[str, ...] = (), callbacks: Callbacks | None = None,
                  workdir: str | None = None, scenario: Scenario | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None,
+                 django_overrides: dict[str, Any] | None = None,
+                 host_map: dict[str, tuple[str, int]] | None = None) -> None:
         self.app = app
         self.workdir = workdir
         self.scenario = scenario
@@ -174,7 +192,9 @@ class Auditor:
             "task_timeout": settings.task_timeout_s, "shims": list(settings.shims), "skip": [],
             "calls": scenario.calls_as_json() if scenario else {},
             "paths": list(scenario.paths) if scenario else [],
-            "settings": scenario.settings if scenario else {},
+            "settings": django_overrides or {},
+            "host_map": {host: list(target) for host, target in (host_map or {}).items()},
+            "allow": [list(a) for a in scenario.allow] if scenario else [],
         }
         self.records: dict[str, TaskRecord] = {}
         self.environment: Environment | None = None
@@ -239,6 +259,8 @@ class Auditor:
             elif kind == "task-start":
                 current = self.records[event["task"]]
                 current.started = True
+                at = event.get("t", time.time())
+                current.window = (at, at)
                 last_progress = now
                 exit_stack = []
                 self.callbacks.on_task_start(current)
@@ -246,9 +268,13 @@ class Auditor:
                 last_progress = now
                 self._phase(current, event)
             elif kind == "task-done" and current is not None:
+                if current.window is not None:
+                    current.window = (current.window[0], event.get("t", time.time()))
                 current.finished = True
                 self.callbacks.on_task_done(current)
                 current = None
+            elif kind == "drivers" and self.environment is not None:
+                self._add_drivers(event["drivers"])
             elif kind == "exit":
                 exit_stack = event.get("stack", [])
             elif kind == "note":
@@ -269,6 +295,17 @@ class Auditor:
             elif not loaded and now - last_beat > _LOAD_TIMEOUT_S:
                 raise AuditError(f"the app {self.app!r} did not finish loading within "
                                  f"{_LOAD_TIMEOUT_S:g} s")
+
+    def _add_drivers(self, drivers: list[dict[str, Any]]) -> None:
+        """Drivers a child found loaded at its end; a blocking verdict sticks."""
+        assert self.environment is not None
+        known = {d.name: d for d in self.environment.drivers}
+        for raw in drivers:
+            driver = Driver(**raw)
+            if driver.name not in known or known[driver.name].status != "blocking":
+                known[driver.name] = driver
+        self.environment = dataclasses.replace(
+            self.environment, drivers=tuple(sorted(known.values(), key=lambda d: d.name)))
 
     def _remaining(self) -> bool:
         return any(not r.started and r.runnable for r in self.records.values())
@@ -295,6 +332,8 @@ class Auditor:
             rec.concurrent_runs.extend(event.get("runs", []))
 
     def _finish_abnormally(self, rec: TaskRecord, finding: Finding) -> None:
+        if rec.window is not None:
+            rec.window = (rec.window[0], time.time())
         rec.findings.append(finding)
         rec.finished = True
         self.callbacks.on_task_done(rec)
