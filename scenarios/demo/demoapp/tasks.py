@@ -2,9 +2,15 @@
 
 import ctypes
 import hashlib
+import json
 import os
+import smtplib
+import sqlite3
 import subprocess
+import tempfile
 import time
+import urllib.request
+from email.message import EmailMessage
 
 from .celery import app
 
@@ -12,10 +18,36 @@ _libc = ctypes.CDLL(None)
 
 
 @app.task
-def send_welcome_email() -> str:
-    """Waits on the network the cooperative way (time.sleep is patched): fine on gevent."""
-    time.sleep(0.08)
+def send_welcome_email(user_email: str) -> str:
+    """smtplib over the patched socket module: the hub runs while the server answers."""
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "hello@shop.example", user_email, "Welcome!"
+    msg.set_content("Thanks for signing up.")
+    with smtplib.SMTP(os.environ["SMTP_HOST"], int(os.environ["SMTP_PORT"]), timeout=10) as s:
+        s.send_message(msg)
     return "sent"
+
+
+@app.task
+def summarize_review(text: str) -> str:
+    """An LLM API over HTTPS with urllib: cooperative once patched."""
+    request = urllib.request.Request(
+        os.environ["LLM_API_URL"] + "/v1/chat/completions",
+        data=json.dumps({"messages": [{"role": "user", "content": text}]}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        return json.load(reply)["choices"][0]["message"]["content"]
+
+
+@app.task
+def record_signup(user_id: int) -> int:
+    """A quick local SQLite write: light work, fine anywhere."""
+    path = os.path.join(tempfile.gettempdir(), "geventcheck-demo.sqlite3")
+    with sqlite3.connect(path, timeout=5) as db:
+        db.execute("CREATE TABLE IF NOT EXISTS signups (user_id INTEGER, at REAL)")
+        db.execute("INSERT INTO signups VALUES (?, ?)", (user_id, time.time()))
+    return user_id
 
 
 @app.task

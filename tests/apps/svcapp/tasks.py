@@ -1,7 +1,6 @@
 import json
 import os
 import smtplib
-import ssl
 from email.message import EmailMessage
 from urllib.parse import urlsplit
 
