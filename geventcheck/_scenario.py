@@ -109,6 +109,16 @@ class _Reader:
                     break
         return found
 
+    def nth_header(self, header: str, after: int | None, index: int) -> int | None:
+        """Line of the ``index``-th ``[[header]]`` table after line ``after``."""
+        seen = 0
+        for number in range(after or 0, len(self.lines)):
+            if self.lines[number].strip().replace(" ", "") == f"[[{header}]]":
+                if seen == index:
+                    return number + 1
+                seen += 1
+        return None
+
     def error(self, message: str, *names: str) -> ScenarioError:
         line = self.line_of(*names) if names else None
         where = f"{self.path}:{line}" if line else self.path
@@ -266,6 +276,14 @@ def _service(reader: _Reader, kind: str, name: str, table: dict[str, Any]) -> Se
         routes = tuple(_route(reader, r, repr(name), name) for r in table.get("routes", []))
         default = table.get("default")
         extra = {"default": _route(reader, default, repr(name), name)} if default else {}
+        for index, route in enumerate(routes):  # a bad route is reported at its own table
+            try:
+                HttpService(name, (route,))
+            except (ValueError, TypeError) as exc:
+                line = reader.nth_header("services.http.routes", reader.line_of("name", name),
+                                         index)
+                where = f"{reader.path}:{line}" if line else reader.path
+                raise ScenarioError(f"{where}: {str(exc).rstrip('.')}") from None
         return HttpService(name, routes, tls=table.get("tls", False), hosts=hosts, port=port,
                            **extra)
     if kind == "smtp":

@@ -1,0 +1,96 @@
+"""Scenario services end to end: real clients against the fakes, through the real CLI."""
+
+from __future__ import annotations
+
+import socket
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from .conftest import APPS, AuditResult, require_service
+
+SCENARIO = APPS / "svcapp" / "scenario.toml"
+
+
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory: pytest.TempPathFactory) -> AuditResult:
+    from .conftest import run_audit
+
+    require_service("postgres")
+    return run_audit(
+        "--scenario", str(SCENARIO), "--runs", "1", "-c", "3",
+        "--task", "*raw_socket", "--task", "*send_receipt", "--task", "*psycopg*",
+        tmp_path=tmp_path_factory.mktemp("svc"),
+    )
+
+
+def test_smtplib_against_the_mail_fake_is_go(svc: AuditResult) -> None:
+    task = svc.task(".send_receipt")
+    assert task["verdict"] == "go", task["findings"]
+    assert task["services"]["mail"] >= 5  # warm-up + 1 solo + 3 concurrent messages
+
+
+def test_psycopg3_through_the_latency_proxy_is_go(svc: AuditResult) -> None:
+    task = svc.task(".count_orders_psycopg3")
+    assert task["verdict"] == "go", task["findings"]
+    assert task["services"]["pg"] >= 5
+
+
+def test_psycopg2_through_the_proxy_is_no_go_naming_the_service(svc: AuditResult) -> None:
+    task = svc.task(".count_orders_psycopg2")
+    assert task["verdict"] == "no-go"
+    [finding] = [f for f in task["findings"] if f["kind"] == "blocking-call"
+                 and f["severity"] == "error"]
+    assert finding["service"] == "pg"
+    assert "(service 'pg')" in finding["message"]
+    assert "unsafe-driver" in {f["kind"] for f in task["findings"]}
+
+
+def test_raw_socket_client_is_no_go_naming_the_service(svc: AuditResult) -> None:
+    task = svc.task(".ask_llm_raw_socket")
+    assert task["verdict"] == "no-go"
+    [finding] = [f for f in task["findings"] if f["kind"] == "blocking-call"]
+    assert finding["service"] == "plainapi"
+    assert finding["native"].startswith("_socket.socket.recv")
+    assert "the blocking wait" in (APPS / "svcapp" / "tasks.py").read_text().splitlines()[
+        finding["line"] - 1]
+
+
+def _scenario(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "s.toml"
+    path.write_text(f'app = "hazards"\nworkdir = "{APPS}"\n' + textwrap.dedent(body))
+    return path
+
+
+def test_a_taken_port_is_one_line_and_exit_2(audit, tmp_path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = _scenario(tmp_path, f"""
+            [[services.smtp]]
+            name = "mail"
+            port = {port}
+            """)
+        result = audit("--scenario", str(path), "--task", "*cooperative*", cwd=tmp_path)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert f"service 'mail': port {port} is already in use" in line
+    assert not list(tmp_path.glob("geventcheck-*"))
+
+
+def test_a_bad_route_status_names_the_line(audit, tmp_path) -> None:
+    path = _scenario(tmp_path, """
+        [[services.http]]
+        name = "api"
+
+        [[services.http.routes]]
+        path = "/x"
+        status = 999
+        """)
+    result = audit("--scenario", str(path), cwd=tmp_path)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"geventcheck: error: {path}:7: ")
+    assert "999" in line
