@@ -94,3 +94,41 @@ def test_a_bad_route_status_names_the_line(audit, tmp_path) -> None:
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"geventcheck: error: {path}:7: ")
     assert "999" in line
+
+
+def test_unconfigured_host_is_egress_and_nothing_leaves_the_namespace(tmp_path) -> None:
+    """The whole audit runs in a fresh network namespace (only its own loopback), so a
+    broken guard could not send a packet anywhere; the guard must still refuse first."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        message = "needs unshare and ip (util-linux, iproute2) to make a network namespace"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    report = tmp_path / "r.json"
+    audit = (f"ip link set lo up && {sys.executable} -m geventcheck audit --scenario {SCENARIO}"
+             f" --runs 1 -c 2 --task '*phone_home' --task '*.ask_llm' --json {report}")
+    proc = subprocess.run(["unshare", "--net", "sh", "-c", audit], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    if proc.returncode not in (0, 1) and "Operation not permitted" in proc.stderr:
+        if os.environ.get("CI") == "true":
+            pytest.fail(proc.stderr)
+        pytest.skip(f"cannot make a network namespace here: {proc.stderr.strip()}")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    tasks = {t["name"]: t for t in json.loads(report.read_text())["tasks"]}
+    # a host name mapped to the fake: the real client reaches it over HTTPS
+    assert tasks["svcapp.tasks.ask_llm"]["verdict"] == "go"
+    assert tasks["svcapp.tasks.ask_llm"]["services"]["openai"] >= 4
+    # a host nobody configured: refused by the guard, before any lookup was sent
+    home = tasks["svcapp.tasks.phone_home"]
+    assert home["verdict"] == "no-go"
+    [egress] = [f for f in home["findings"] if f["kind"] == "egress"]
+    assert egress["severity"] == "error"
+    assert egress["endpoint"] == "telemetry.example.com:443"
+    assert (egress["file"], egress["function"]) == ("svcapp/tasks.py", "phone_home")
+    assert "refused before anything was sent" in egress["message"]

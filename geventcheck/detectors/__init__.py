@@ -6,6 +6,6 @@ documentation test can check that each kind is documented.
 
 from . import _stalls
 
-KINDS: dict[str, str] = {kind: "stalls" for kind in _stalls.KINDS}
+KINDS: dict[str, str] = {kind: "stalls" for kind in _stalls.KINDS} | {"egress": "egress"}
 
 __all__ = ["KINDS"]

@@ -125,7 +125,8 @@ class EgressGuard:
 
     ``allowed``: (host, port) endpoints the scenario provides, port None for any;
     ``allowed_hosts``: names that may be looked up for real; ``host_map``: names
-    answered locally with the given address (a mock of a remote API).
+    answered locally with the given address (a mock of a remote API); ``port_map``:
+    for such names, the port the mock really listens on, whatever port the code asks.
     """
 
     def __init__(
@@ -134,10 +135,12 @@ class EgressGuard:
         allowed_hosts: Iterable[str] = (),
         is_app_file: Callable[[str], bool] | None = None,
         host_map: Mapping[str, str] | None = None,
+        port_map: Mapping[str, int] | None = None,
     ) -> None:
         self.allowed: set[tuple[str, int | None]] = {(h.lower(), p) for h, p in allowed}
         self.allowed_hosts: set[str] = {h.lower() for h in allowed_hosts}
         self.host_map: dict[str, str] = {k.lower(): v for k, v in (host_map or {}).items()}
+        self.port_map: dict[str, int] = {k.lower(): v for k, v in (port_map or {}).items()}
         self.is_app_file = is_app_file or _default_is_app_file
         self.attempts: list[EgressAttempt] = []
         # A machine's own name resolves from /etc/hosts; smtplib and logging look it up.
@@ -179,6 +182,10 @@ class EgressGuard:
     def mapped(self, host: str | None) -> str | None:
         """The address ``host_map`` answers for this name, if any."""
         return None if host is None else self.host_map.get(host.lower())
+
+    def mapped_port(self, host: str | None, port: Any) -> Any:
+        """The port a mapped name's mock listens on, or ``port`` unchanged."""
+        return port if host is None else self.port_map.get(host.lower(), port)
 
     def lookup_allowed(self, host: str | None, reverse: bool = False) -> bool:
         """Whether looking this host up may go to the system resolver.
@@ -401,6 +408,8 @@ def _guard_lookup(
     target = guard.mapped(host)
     if target is not None:
         args[skip] = target
+        if name == "getaddrinfo" and len(args) > skip + 1:
+            args[skip + 1] = guard.mapped_port(host, args[skip + 1])
         return args
     if not guard.lookup_allowed(host, reverse=name == "gethostbyaddr"):
         port = _port(args[skip + 1]) if name == "getaddrinfo" and len(args) > skip + 1 else None
@@ -472,7 +481,7 @@ def _guard_named_address(
             kind: Kind = "connect" if name.startswith("connect") else "sendto"
             guard.refuse(host, _port(address[1]), kind, sys._getframe(1))
         return args, kwargs
-    mapped = (target, *address[1:])
+    mapped = (target, guard.mapped_port(host, address[1]), *address[2:])
     if isinstance(slot, str):
         return args, {**kwargs, slot: mapped}
     assert slot is not None

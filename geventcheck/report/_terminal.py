@@ -59,8 +59,10 @@ def render_table(report: Report, *, verbose: bool = False) -> RenderableType:
         )
     parts: list[RenderableType] = [table]
     for task in report.tasks:
-        shown = [f for f in task.findings
-                 if verbose or f.severity != "info" or task.verdict == "skipped"]
+        rank = {"error": 0, "warning": 1, "info": 2}
+        shown = sorted((f for f in task.findings
+                        if verbose or f.severity != "info" or task.verdict == "skipped"),
+                       key=lambda f: rank[f.severity])
         if not shown:
             continue
         parts.append(Text(f"\n{task.name}  [{task.verdict}]", style=_VERDICT_STYLE[task.verdict]))

@@ -146,3 +146,32 @@ def override_django_settings(overrides: dict[str, Any]) -> None:
 
     for key, value in overrides.items():
         setattr(settings, key, value)
+
+
+def _host_port(url: str | None) -> tuple[str, int | None] | None:
+    from urllib.parse import urlsplit
+
+    if not url or "://" not in url:
+        return None
+    try:
+        parts = urlsplit(url)
+        return (parts.hostname, parts.port) if parts.hostname else None
+    except ValueError:
+        return None
+
+
+def configured_endpoints(app: Any) -> list[tuple[str, int | None]]:
+    """The broker, result backend and Django databases the app is configured with:
+    the egress guard lets the audited code reach them."""
+    found = []
+    for url in (app.conf.broker_url, app.conf.result_backend):
+        endpoint = _host_port(url if isinstance(url, str) else None)
+        if endpoint:
+            found.append(endpoint)
+    if "django.conf" in sys.modules:
+        from django.conf import settings
+
+        for db in getattr(settings, "DATABASES", {}).values():
+            if db.get("HOST") and not str(db["HOST"]).startswith("/"):
+                found.append((str(db["HOST"]), int(db["PORT"]) if db.get("PORT") else None))
+    return found

@@ -25,7 +25,7 @@ from gevent.pool import Pool
 from .. import _version
 from .._model import Finding, finding_to_dict
 from .._paths import is_audited_file, relative
-from ..detectors import _drivers, _hub, _stalls
+from ..detectors import _drivers, _egress, _hub, _stalls
 from . import _appload
 from ._channel import ChildChannel
 
@@ -52,12 +52,14 @@ class TaskRunner:
     """Runs one task's warm-up, solo and concurrent phases under the hub monitor."""
 
     def __init__(self, app: Any, cfg: dict[str, Any], chan: ChildChannel,
-                 monitor: _hub.HubMonitor, roots: tuple[str, ...]) -> None:
+                 monitor: _hub.HubMonitor, roots: tuple[str, ...], *,
+                 guard: _egress.EgressGuard) -> None:
         self.app = app
         self.cfg = cfg
         self.chan = chan
         self.monitor = monitor
         self.roots = roots
+        self.guard = guard
 
     def _blocking_drivers(self) -> frozenset[str]:
         """Asked after every phase: tasks often import their driver on first use."""
@@ -166,12 +168,38 @@ class TaskRunner:
             seen = {f.file for st in stalls for sample in st.evidence.samples for f in sample.stack}
             self.monitor.prime(f for f in seen if is_audited_file(f, self.roots))
             findings += self._outcome_findings(outcomes, phase)
+            findings += _egress_findings(self.guard.take_attempts(), phase)
             self._send_findings(
                 info.name, phase, _stalls.merge(findings), wall_ms=wall_ms,
                 runs=[{k: o.get(k) for k in ("wall_ms", "cpu_ms", "error")} for o in outcomes],
             )
             if not finished:
                 break
+
+
+def _egress_guard(cfg: dict[str, Any]) -> _egress.EgressGuard:
+    """Only loopback, the scenario's services and configured endpoints are reachable."""
+    allowed = [(host, port) for host, port in cfg.get("allow", [])]
+    host_map: dict[str, list[Any]] = cfg.get("host_map", {})
+    guard = _egress.EgressGuard(
+        allowed=allowed, allowed_hosts=[host for host, _ in allowed],
+        host_map={name: target[0] for name, target in host_map.items()},
+        port_map={name: target[1] for name, target in host_map.items()},
+    )
+    guard.activate()
+    return guard
+
+
+def _egress_findings(attempts: list[_egress.EgressAttempt], phase: str) -> list[Finding]:
+    return [Finding(
+        "egress", "error",
+        f"tried to reach {a.endpoint} ({a.kind}), which is neither loopback nor a service of "
+        "the scenario: refused before anything was sent",
+        file=relative(a.file) if a.file else None, line=a.line, function=a.function,
+        endpoint=a.endpoint, stack=a.stack, phase=phase,
+        fix="fake it in the scenario ([[services.http]] with hosts = [...]), or list it "
+            "under allow = [...] if the audit may really reach it")
+        for a in attempts]
 
 
 def _install_exit_reporter(chan: ChildChannel) -> None:
@@ -197,6 +225,7 @@ def main(before_patch: frozenset[str]) -> None:
     faulthandler.enable(file=crashlog, all_threads=True)
     faulthandler.register(signal.SIGUSR1, file=crashlog, all_threads=True)
     _install_exit_reporter(chan)
+    guard = _egress_guard(cfg)  # on before the app is imported: imports may connect too
     sys.path[:0] = [p for p in cfg.get("paths", []) if p not in sys.path]
     try:
         _apply_shims(cfg["shims"])
@@ -205,6 +234,12 @@ def main(before_patch: frozenset[str]) -> None:
     except (_appload.AppLoadError, ImportError) as exc:
         chan.send("load-error", message=str(exc))
         _REAL_EXIT(2)
+    for host, port in _appload.configured_endpoints(app):
+        guard.allowed.add((host.lower(), port))
+        guard.allowed_hosts.add(host.lower())
+    for attempt in guard.take_attempts():
+        chan.send("note", message=f"loading the app tried to reach {attempt.endpoint} "
+                                  f"({attempt.kind}) at {attempt.file}:{attempt.line}: refused")
     tasks = _appload.list_tasks(app, tuple(cfg["globs"]))
     imported_before = sorted(m for m in MATTERS_BEFORE_PATCH if m in before_patch)
     chan.send(
@@ -245,7 +280,7 @@ def main(before_patch: frozenset[str]) -> None:
     )
     monitor.start()
     monitor.ignore(greenlet.getcurrent())
-    runner = TaskRunner(app, cfg, chan, monitor, roots)
+    runner = TaskRunner(app, cfg, chan, monitor, roots, guard=guard)
     skip = set(cfg["skip"])
     inputs: dict[str, list[dict[str, Any]]] = cfg.get("calls") or {}
     for info in tasks:
