@@ -4,8 +4,14 @@
 documentation test can check that each kind is documented.
 """
 
+from collections.abc import Callable
+
 from . import _stalls
+from ._probe import Probe, ProbeRun
 
 KINDS: dict[str, str] = {kind: "stalls" for kind in _stalls.KINDS} | {"egress": "egress"}
 
-__all__ = ["KINDS"]
+# Factories of the probes that watch each task's probe run (see _probe.py).
+PROBES: list[Callable[[], Probe]] = []
+
+__all__ = ["KINDS", "PROBES", "Probe", "ProbeRun"]

@@ -25,7 +25,7 @@ from gevent.pool import Pool
 from .. import _version
 from .._model import Finding, finding_to_dict
 from .._paths import is_audited_file, relative
-from ..detectors import _drivers, _egress, _hub, _stalls
+from ..detectors import PROBES, ProbeRun, _drivers, _egress, _hub, _stalls
 from . import _appload
 from ._channel import ChildChannel
 
@@ -60,6 +60,7 @@ class TaskRunner:
         self.monitor = monitor
         self.roots = roots
         self.guard = guard
+        self.probes = [make() for make in PROBES]
 
     def _blocking_drivers(self) -> frozenset[str]:
         """Asked after every phase: tasks often import their driver on first use."""
@@ -92,15 +93,22 @@ class TaskRunner:
             error = result.result
             outcome["error"] = f"{type(error).__name__}: {error}"
             self._locate(error, outcome)
+        else:
+            outcome["result"] = _summary(result.result)
 
     def _phase(self, task: Any, phase: str, calls: list[dict[str, Any]],
-               ) -> tuple[list[dict[str, Any]], bool]:
+               spawned: set[Any] | None = None) -> tuple[list[dict[str, Any]], bool]:
         """Run one greenlet per call at once; returns their outcomes and whether all finished."""
         self.monitor.phase = phase
         outcomes: list[dict[str, Any]] = [{} for _ in calls]
         pool = Pool(len(calls))
-        glets = [pool.spawn(self._invoke, task, outcome, call)
-                 for outcome, call in zip(outcomes, calls, strict=True)]
+        glets = []
+        for outcome, call in zip(outcomes, calls, strict=True):
+            glet = pool.greenlet_class(self._invoke, task, outcome, call)
+            if spawned is not None:
+                spawned.add(glet)
+            pool.start(glet)
+            glets.append(glet)
         done = gevent.joinall(glets, timeout=self.cfg["task_timeout"])
         finished = len(done) == len(glets)
         if not finished:
@@ -154,6 +162,7 @@ class TaskRunner:
         plan = [("warm-up", [turn(0)])]
         plan += [("solo", [turn(i)]) for i in range(cfg["runs"])]
         plan += [("concurrent", [turn(i) for i in range(cfg["concurrency"])])]
+        solo: list[dict[str, Any]] = []
         for phase, phase_calls in plan:
             self.monitor.take_stalls()
             started = time.perf_counter()
@@ -174,7 +183,38 @@ class TaskRunner:
                 runs=[{k: o.get(k) for k in ("wall_ms", "cpu_ms", "error")} for o in outcomes],
             )
             if not finished:
-                break
+                return
+            if phase == "solo":
+                solo.extend(outcomes)
+        self._probe(info, task, [turn(i) for i in range(cfg["concurrency"])], solo)
+
+    def _probe(self, info: _appload.TaskInfo, task: Any, calls: list[dict[str, Any]],
+               solo: list[dict[str, Any]]) -> None:
+        """One more concurrent run with every probe on; its timings are not judged."""
+        if not self.probes:
+            return
+        run = ProbeRun(info.name, task, self.app, self.roots, len(calls), solo_outcomes=solo)
+        for probe in self.probes:
+            probe.begin(run)
+        outcomes, _ = self._phase(task, "probe", calls, spawned=run.greenlets)
+        self.monitor.take_stalls()  # measured runs judge stalls; the probes slow this one
+        self.monitor.phase = "idle"
+        findings: list[Finding] = []
+        for probe in self.probes:
+            findings += probe.end(run, outcomes)
+        findings += _egress_findings(self.guard.take_attempts(), "probe")
+        self._send_findings(info.name, "probe", _stalls.merge(findings))
+
+
+def _summary(value: Any) -> Any:
+    """A JSON-able stand-in for a task's return value, to compare runs with."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):
+        return [_summary(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _summary(v) for k, v in value.items()}
+    return repr(value)
 
 
 def _egress_guard(cfg: dict[str, Any]) -> _egress.EgressGuard:
