@@ -6,12 +6,15 @@ documentation test can check that each kind is documented.
 
 from collections.abc import Callable
 
-from . import _stalls
+from . import _divergence, _stalls
 from ._probe import Probe, ProbeRun
 
 KINDS: dict[str, str] = {kind: "stalls" for kind in _stalls.KINDS} | {"egress": "egress"}
+KINDS |= {kind: "divergence" for kind in _divergence.Probe.kinds}
 
 # Factories of the probes that watch each task's probe run (see _probe.py).
-PROBES: list[Callable[[], Probe]] = []
+PROBES: list[Callable[[], Probe]] = [
+    _divergence.Probe,
+]
 
 __all__ = ["KINDS", "PROBES", "Probe", "ProbeRun"]

@@ -30,6 +30,7 @@ from . import _appload
 from ._channel import ChildChannel
 
 CONFIG_ENV = "GEVENTCHECK_CHILD"
+_FAILED = object()
 _REAL_EXIT = os._exit
 
 # Modules whose import before patching changes how the app behaves under gevent.
@@ -78,6 +79,7 @@ class TaskRunner:
 
     def _invoke(self, task: Any, outcome: dict[str, Any], call: dict[str, Any]) -> None:
         """One run through Celery's own local execution path (signals, request context)."""
+        outcome["call"] = call.get("index")
         wall0, cpu0 = time.perf_counter(), time.thread_time()
         try:
             result = task.apply(args=call["args"], kwargs=call["kwargs"], throw=False)
@@ -157,7 +159,7 @@ class TaskRunner:
                            if type(task).__module__ in sys.modules else [])
 
         def turn(i: int) -> dict[str, Any]:
-            return calls[i % len(calls)]
+            return {**calls[i % len(calls)], "index": i % len(calls)}
 
         plan = [("warm-up", [turn(0)])]
         plan += [("solo", [turn(i)]) for i in range(cfg["runs"])]
@@ -188,20 +190,29 @@ class TaskRunner:
                 solo.extend(outcomes)
         self._probe(info, task, [turn(i) for i in range(cfg["concurrency"])], solo)
 
+    def _guarded(self, probe: Any, step: str, *args: Any) -> Any:
+        """A probe that fails must cost its own findings, not the audit."""
+        try:
+            return getattr(probe, step)(*args)
+        except Exception as exc:
+            self.chan.send("note", message=f"the {type(probe).__module__} probe failed in "
+                                           f"{step}(): {exc!r}; its findings are missing")
+            return _FAILED
+
     def _probe(self, info: _appload.TaskInfo, task: Any, calls: list[dict[str, Any]],
                solo: list[dict[str, Any]]) -> None:
         """One more concurrent run with every probe on; its timings are not judged."""
         if not self.probes:
             return
         run = ProbeRun(info.name, task, self.app, self.roots, len(calls), solo_outcomes=solo)
-        for probe in self.probes:
-            probe.begin(run)
+        started = [p for p in self.probes if self._guarded(p, "begin", run) is not _FAILED]
         outcomes, _ = self._phase(task, "probe", calls, spawned=run.greenlets)
         self.monitor.take_stalls()  # measured runs judge stalls; the probes slow this one
         self.monitor.phase = "idle"
         findings: list[Finding] = []
-        for probe in self.probes:
-            findings += probe.end(run, outcomes)
+        for probe in reversed(started):
+            found = self._guarded(probe, "end", run, outcomes)
+            findings += [] if found is _FAILED else found
         findings += _egress_findings(self.guard.take_attempts(), "probe")
         self._send_findings(info.name, "probe", _stalls.merge(findings))
 

@@ -77,3 +77,24 @@ def always_fails():
 @app.task
 def needs_args(user_id, mode="fast"):
     return user_id
+
+
+SEEN = []
+
+
+@app.task
+def dedupe_batch():
+    """Reads a module-level list, waits, then acts on what it read: a lost-update race."""
+    before = len(SEEN)
+    time.sleep(0.01)
+    SEEN.append(1)
+    return len(SEEN) - before  # alone: always 1
+
+
+@app.task
+def stamp_and_id():
+    """Varies on every run (a uuid, a clock reading) but not because of concurrency."""
+    import uuid
+
+    time.sleep(0.01)
+    return {"id": str(uuid.uuid4()), "at": time.time(), "kind": "order"}
