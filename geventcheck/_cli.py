@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from . import _version
 from ._audit import AuditPlan, run_audit
+from ._doctor import DoctorError
 from ._model import Settings
 from ._scenario import ScenarioError, load_scenario
 from .patches import SHIMS
@@ -123,6 +124,39 @@ def audit(  # noqa: PLR0917 - click passes every option as an argument
     sys.exit(report.exit_code)
 
 
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.option("-A", "--app", "app", required=True, metavar="MODULE[:ATTR]",
+              help="The Celery app, as the worker's command line gives it.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
+              help="Write the diagnosis as JSON here (atomically).")
+@click.option("--live", is_flag=True,
+              help="Also start the real worker for a few seconds and ask it (needs its broker).")
+@click.option("--live-timeout", default=20.0, show_default=True, type=float,
+              callback=_positive(float), help="Seconds to wait for the live worker's answer.")
+@click.argument("worker_args", nargs=-1, type=click.UNPROCESSED, required=True)
+def doctor(app: str, json_path: str | None, live: bool, live_timeout: float,
+           worker_args: tuple[str, ...]) -> None:
+    """The pool and patching a `celery -A APP worker ...` command line really gives.
+
+    Give the worker's arguments after --, as in the deployment:
+    geventcheck doctor -A proj -- worker -P gevent -c 80 -Q io
+    """
+    from ._doctor import diagnose, run_live
+    from .report._doctor import render_diagnosis
+
+    if json_path and not os.path.isdir(os.path.dirname(os.path.abspath(json_path))):
+        raise click.UsageError(f"--json: folder {os.path.dirname(json_path)!r} does not exist")
+    diagnosis = diagnose(app, list(worker_args))
+    if live:
+        diagnosis = run_live(diagnosis, timeout=live_timeout)
+    if json_path:
+        import json
+
+        write_atomic(os.path.abspath(json_path), json.dumps(diagnosis.to_dict(), indent=2) + "\n")
+    Console(width=None if sys.stdout.isatty() else 160).print(render_diagnosis(diagnosis))
+    sys.exit(diagnosis.exit_code)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: every failure is one line and a documented exit code."""
     try:
@@ -130,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.UsageError as exc:
         click.echo(f"geventcheck: error: {exc.format_message()}", err=True)
         sys.exit(EXIT_USAGE)
-    except (AuditError, ScenarioError, ServiceError, click.ClickException) as exc:
+    except (AuditError, ScenarioError, ServiceError, DoctorError, click.ClickException) as exc:
         message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
         click.echo(f"geventcheck: error: {message}", err=True)
         sys.exit(EXIT_USAGE)

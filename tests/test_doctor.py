@@ -1,0 +1,103 @@
+"""The pool doctor on every row of FIELD-NOTES section 1, statically and against real workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import APPS, require_service
+
+CELERY_PY = APPS / "poolcfg" / "celery.py"
+
+
+def _line(marker: str, path: Path = CELERY_PY) -> int:
+    return next(n for n, t in enumerate(path.read_text().splitlines(), 1) if marker in t)
+
+
+def doctor(tmp_path: Path, *worker_args: str, conf_pool: str = "prefork",
+           env: dict[str, str] | None = None, live: bool = False) -> tuple[int, dict, str]:
+    out = tmp_path / "doctor.json"
+    cmd = [sys.executable, "-m", "geventcheck", "doctor", "-A", "poolcfg", "--json", str(out)]
+    if live:
+        cmd += ["--live", "--live-timeout", "6"]
+    clean = {k: v for k, v in os.environ.items() if k != "CELERY_WORKER_POOL"}
+    proc = subprocess.run([*cmd, "--", *worker_args], cwd=APPS, capture_output=True, text=True,
+                          timeout=120, env={**clean, "POOLCFG_POOL": conf_pool, **(env or {})})
+    data = json.loads(out.read_text()) if out.exists() else {}
+    return proc.returncode, data, proc.stdout + proc.stderr
+
+
+# (worker args, app.conf.worker_pool, environment) -> (pool used, patched early?)
+ROWS = [
+    (["worker"], "gevent", {}, "gevent", False),
+    (["worker", "-P", "prefork"], "gevent", {}, "gevent", False),
+    (["worker", "-P", "gevent"], "prefork", {}, "gevent", True),
+    (["worker", "--pool=gevent"], "prefork", {}, "gevent", True),
+    (["worker", "-P", "gevent"], "gevent", {}, "gevent", True),
+    (["worker", "-P", "processes"], "gevent", {}, "prefork", False),
+    (["worker", "-Pgevent"], "prefork", {}, "gevent", False),
+    (["worker"], "prefork", {"CELERY_WORKER_POOL": "gevent"}, "gevent", False),
+]
+IDS = ["conf-only", "P-prefork+conf", "P-gevent", "pool=gevent", "both", "processes",
+       "attached", "env"]
+
+
+@pytest.mark.parametrize(("args", "conf", "env", "pool", "patched"), ROWS, ids=IDS)
+def test_static_answer_matches_celery(tmp_path, args, conf, env, pool, patched) -> None:
+    code, data, output = doctor(tmp_path, *args, conf_pool=conf, env=env)
+    assert (data["effective_pool"], data["patched"]) == (pool, patched), output
+    unpatched_gevent = pool == "gevent" and not patched
+    kinds = {f["kind"] for f in data["findings"] if f["severity"] == "error"}
+    assert ("unpatched-worker" in kinds or "pool-config" in kinds) == unpatched_gevent, output
+    if unpatched_gevent:
+        assert code == 1
+
+
+def test_hardcoded_pool_is_named_with_what_it_really_does(tmp_path) -> None:
+    _, data, _ = doctor(tmp_path, "worker", "-P", "gevent", "-c", "80", "-Q", "io")
+    [config] = [f for f in data["findings"] if f["kind"] == "pool-config"]
+    assert (config["file"], config["line"]) == ("poolcfg/celery.py", _line("hardcoded pool"))
+    assert "ignored" in config["message"] and config["severity"] == "info"
+    assert (data["concurrency"], data["prefetch"], data["queues"]) == (80, 1, ["io"])
+    _, data, _ = doctor(tmp_path, "worker", conf_pool="gevent")
+    [config] = [f for f in data["findings"] if f["kind"] == "pool-config"]
+    assert "it decides" in config["message"] and config["severity"] == "error"
+
+
+def test_gevent_traps_of_the_configuration(tmp_path) -> None:
+    _, data, _ = doctor(tmp_path, "worker", "-P", "gevent", "-c", "80")
+    by_kind = {f["kind"]: f for f in data["findings"]}
+    never = by_kind["signal-never-sent"]
+    assert "setup_tracing()" in never["message"] and "worker_process_init" in never["message"]
+    assert never["line"] == _line("@signals.worker_process_init.connect")
+    assert "soft time limits" in by_kind["time-limit"]["message"]
+    assert "broker_pool_limit is 10, below the concurrency 80" in by_kind["pool-limit"]["message"]
+
+
+def test_bad_invocations_are_one_line_and_exit_2(tmp_path) -> None:
+    for args in (["beat"], ["worker", "--no-such-option"]):
+        code, _, output = doctor(tmp_path, *args)
+        assert code == 2, output
+        assert len(output.strip().splitlines()) == 1 and "Traceback" not in output
+
+
+@pytest.mark.parametrize(("args", "conf", "env", "pool", "patched"), ROWS, ids=IDS)
+def test_live_worker_confirms_the_static_answer(tmp_path, args, conf, env, pool,
+                                               patched) -> None:
+    """A real worker over the real Redis broker says how it runs tasks."""
+    require_service("redis")
+    _, data, output = doctor(tmp_path, *args, "-c", "2", conf_pool=conf, env=env, live=True)
+    live = data["live"]
+    if patched:
+        assert live["ran_probe"] and live["patched"] and live["in_greenlet"], output
+    elif pool == "gevent":
+        # unpatched gevent: it consumes the probe and never runs it, or runs it unpatched
+        assert not live.get("patched"), output
+    else:
+        assert live["ran_probe"] and not live["patched"] and not live["in_greenlet"], output
+    assert "live-mismatch" not in {f["kind"] for f in data["findings"]}
