@@ -1,0 +1,27 @@
+"""`celery -A proj geventcheck audit|doctor ...`: the same commands, where users already are.
+
+Registered through Celery's ``celery.commands`` entry point. The app comes from
+Celery's own ``-A``; everything else is passed to the geventcheck command.
+"""
+
+from __future__ import annotations
+
+import click
+
+from ._cli import main
+
+
+@click.command(
+    "geventcheck",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                      "help_option_names": []},
+    help="Is each task safe on a gevent worker? (geventcheck audit|doctor ...)",
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def geventcheck(ctx: click.Context, args: tuple[str, ...]) -> None:
+    app = ctx.find_root().params.get("app")
+    argv = list(args)
+    if app and argv and argv[0] in ("audit", "doctor") and not {"-A", "--app"} & set(argv):
+        argv[1:1] = ["-A", str(app)]
+    main(argv)

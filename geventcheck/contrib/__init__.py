@@ -1,0 +1,1 @@
+"""Integrations with the frameworks geventcheck's users already run."""

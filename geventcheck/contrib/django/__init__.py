@@ -1,0 +1,1 @@
+"""Add ``"geventcheck.contrib.django"`` to INSTALLED_APPS for ``manage.py geventcheck``."""
