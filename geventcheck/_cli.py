@@ -67,12 +67,14 @@ def cli() -> None:
               help="Apply a gevent shim in the audited process first (repeatable).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
               help="Write the JSON report here (atomically).")
+@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, writable=True),
+              help="Write the migration plan for operations here, as Markdown.")
 @click.option("-v", "--verbose", is_flag=True, help="Also show info findings (warm-up stalls).")
 def audit(  # noqa: PLR0917 - click passes every option as an argument
     app: str | None, scenario_path: str | None, django_settings: str | None,
     workdir: str | None, globs: tuple[str, ...],
     concurrency: int, warn_ms: float, threshold_ms: float, task_timeout: float, runs: int,
-    shims: tuple[str, ...], json_path: str | None, verbose: bool,
+    shims: tuple[str, ...], json_path: str | None, markdown_path: str | None, verbose: bool,
 ) -> None:
     """Run every task of a Celery app under a monkey-patched gevent worker and judge it."""
     scenario = load_scenario(scenario_path) if scenario_path else None
@@ -85,8 +87,9 @@ def audit(  # noqa: PLR0917 - click passes every option as an argument
     if warn_ms > threshold_ms:
         raise click.UsageError(f"--warn-ms ({warn_ms:g}) must not exceed --threshold-ms "
                                f"({threshold_ms:g})")
-    if json_path and not os.path.isdir(os.path.dirname(os.path.abspath(json_path))):
-        raise click.UsageError(f"--json: folder {os.path.dirname(json_path)!r} does not exist")
+    for flag, path in (("--json", json_path), ("--markdown", markdown_path)):
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise click.UsageError(f"{flag}: folder {os.path.dirname(path)!r} does not exist")
     settings = Settings(threshold_ms=threshold_ms, warn_ms=warn_ms, concurrency=concurrency,
                         task_timeout_s=task_timeout, runs=runs, mode="inprocess",
                         shims=tuple(shims))
@@ -107,8 +110,8 @@ def audit(  # noqa: PLR0917 - click passes every option as an argument
     def on_done(task: TaskRecord) -> None:
         progress.advance(bar["id"])
 
-    if json_path:
-        json_path = os.path.abspath(json_path)
+    json_path = os.path.abspath(json_path) if json_path else None
+    markdown_path = os.path.abspath(markdown_path) if markdown_path else None
     plan = AuditPlan(app, settings, django_settings=django_settings, workdir=workdir,
                      globs=globs, scenario=scenario)
     with progress:
@@ -118,6 +121,10 @@ def audit(  # noqa: PLR0917 - click passes every option as an argument
             f"no tasks to audit in {app!r}" + (f" matching {', '.join(globs)}" if globs else ""))
     if json_path:
         write_atomic(json_path, render_json(report))
+    if markdown_path:
+        from ._plan import make_plan, render_markdown
+
+        write_atomic(markdown_path, render_markdown(report, make_plan(report)))
     out.print(render_table(report, verbose=verbose))
     for note in notes:
         err.print(f"note: {note}", style="dim")

@@ -11,7 +11,11 @@ from .._model import Report, report_to_dict
 
 
 def render_json(report: Report) -> str:
-    return json.dumps(report_to_dict(report), indent=2, sort_keys=False) + "\n"
+    from .._plan import make_plan
+
+    data = report_to_dict(report)
+    data["plan"] = make_plan(report).to_dict()
+    return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
 
 def write_atomic(path: str, text: str) -> None:

@@ -1,0 +1,135 @@
+"""The migration plan: per queue, which pool, what concurrency, which worker command.
+
+Concurrency for a gevent worker comes from the measured runs of the queue's
+tasks. One process keeps one core busy while about ``1 + wait / cpu`` tasks
+wait on I/O, so
+
+    concurrency = clamp(ceil(1 + W / C), 10, 200)
+
+with W and C the median wait (wall - cpu) and CPU time per task of the queue.
+Prefork queues get one process per core.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+from dataclasses import dataclass, field
+
+from ._model import Report, TaskReport
+
+MIN_GEVENT, MAX_GEVENT = 10, 200
+FORMULA = "concurrency = clamp(ceil(1 + W / C), 10, 200), W and C the median wait and CPU ms"
+
+
+@dataclass(frozen=True)
+class QueuePlan:
+    queue: str
+    pool: str  # gevent or prefork
+    concurrency: int
+    tasks: tuple[TaskReport, ...]
+    command: str
+    why: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    queues: tuple[QueuePlan, ...]
+    # task name -> new queue, for queues that mixed CPU and I/O tasks
+    routes: dict[str, str] = field(default_factory=dict)
+    first: tuple[TaskReport, ...] = ()  # no-go tasks on queues that could go to gevent
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "formula": FORMULA,
+            "queues": [
+                {"queue": q.queue, "pool": q.pool, "concurrency": q.concurrency,
+                 "tasks": [t.name for t in q.tasks], "command": q.command, "why": q.why}
+                for q in self.queues
+            ],
+            "task_routes": {name: {"queue": queue} for name, queue in self.routes.items()},
+            "fix_first": [t.name for t in self.first],
+        }
+
+
+def _belongs_on_gevent(task: TaskReport) -> bool:
+    return task.verdict == "go" and task.recommended_pool in ("gevent", "either")
+
+
+def _gevent_concurrency(tasks: list[TaskReport]) -> int:
+    measured = [t for t in tasks if t.stats.runs]
+    if not measured:
+        return MIN_GEVENT
+    wait = statistics.median(max(t.stats.wall_ms - t.stats.cpu_ms, 0.0) for t in measured)
+    cpu = statistics.median(max(t.stats.cpu_ms, 0.1) for t in measured)
+    return max(MIN_GEVENT, min(MAX_GEVENT, math.ceil(1 + wait / cpu)))
+
+
+def _command(app: str, pool: str, concurrency: int, queue: str) -> str:
+    return f"celery -A {app} worker --pool={pool} --concurrency={concurrency} -Q {queue}"
+
+
+def make_plan(report: Report) -> Plan:
+    """Split each queue into what can run on gevent now and what stays on prefork."""
+    app = report.app or "proj"
+    cores = os.cpu_count() or 1
+    by_queue: dict[str, list[TaskReport]] = {}
+    for task in report.tasks:
+        by_queue.setdefault(task.queue or "celery", []).append(task)
+    queues: list[QueuePlan] = []
+    routes: dict[str, str] = {}
+    first: list[TaskReport] = []
+    for queue, tasks in sorted(by_queue.items()):
+        io = [t for t in tasks if _belongs_on_gevent(t)]
+        rest = [t for t in tasks if not _belongs_on_gevent(t)]
+        first += [t for t in rest if t.verdict == "no-go" and t.classification != "cpu"]
+        if io and rest:  # mixed: the I/O tasks keep the queue, the others move
+            moved = f"{queue}_prefork"
+            routes.update({t.name: moved for t in rest})
+            queues.append(_gevent_queue(app, queue, io))
+            queues.append(QueuePlan(moved, "prefork", cores, tuple(rest),
+                                    _command(app, "prefork", cores, moved),
+                                    "split off: CPU-bound or not yet safe on gevent"))
+        elif io:
+            queues.append(_gevent_queue(app, queue, io))
+        else:
+            queues.append(QueuePlan(queue, "prefork", cores, tuple(rest),
+                                    _command(app, "prefork", cores, queue),
+                                    "no task of this queue is safe on gevent yet"))
+    return Plan(tuple(queues), routes, tuple(first))
+
+
+def _gevent_queue(app: str, queue: str, tasks: list[TaskReport]) -> QueuePlan:
+    concurrency = _gevent_concurrency(tasks)
+    return QueuePlan(queue, "gevent", concurrency, tuple(tasks),
+                     _command(app, "gevent", concurrency, queue),
+                     "every task go and waiting on I/O")
+
+
+def render_markdown(report: Report, plan: Plan) -> str:
+    """The plan for operations, as Markdown."""
+    lines = [f"# Moving `{report.app}` to gevent workers", "",
+             f"Audited {len(report.tasks)} tasks with geventcheck {report.tool_version} on "
+             f"{report.created}.", "", "## Queues", "",
+             "| queue | pool | concurrency | tasks |", "|---|---|---:|---|"]
+    for q in plan.queues:
+        names = ", ".join(f"`{t.name}` ({t.classification}, {t.verdict})" for t in q.tasks)
+        lines.append(f"| `{q.queue}` | {q.pool} | {q.concurrency} | {names} |")
+    lines += ["", f"Concurrency: {FORMULA}; prefork gets one process per core.", "",
+              "## Worker commands", "", "```sh"]
+    lines += [q.command for q in plan.queues]
+    lines += ["```", "", "Each gevent command passes `--pool=gevent` on the command line, so "
+              "Celery monkey-patches the worker before the app loads (check with "
+              "`geventcheck doctor`)."]
+    if plan.routes:
+        lines += ["", "## New routes", "", "```python", "task_routes = {"]
+        lines += [f'    "{name}": {{"queue": "{queue}"}},' for name, queue in plan.routes.items()]
+        lines += ["}", "```"]
+    if plan.first:
+        lines += ["", "## Fix first", ""]
+        for t in plan.first:
+            top = t.top_finding
+            detail = f": {top.kind} at {top.where}. {top.fix or ''}" if top else ""
+            lines.append(f"- `{t.name}`{detail}".rstrip())
+    return "\n".join(lines) + "\n"
