@@ -103,3 +103,26 @@ def test_missing_scenario_file_is_exit_2(audit, tmp_path) -> None:
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert "cannot read the scenario" in line
+
+
+def test_shipped_scenarios_and_the_readme_example_follow_the_schema() -> None:
+    """Editors complete scenario files from the schema: it must accept what we ship."""
+    import json
+    import re
+    import tomllib
+
+    import jsonschema
+
+    from .conftest import ROOT
+
+    schema = json.loads((ROOT / "geventcheck" / "schemas" / "scenario.schema.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    example = re.search(r"## Scenarios.*?```toml\n(.*?)```", readme, re.S)
+    assert example, "the README lost its scenario example"
+    documents = [tomllib.loads(example[1])]
+    documents += [tomllib.loads(p.read_text()) for p in ROOT.glob("scenarios/*/scenario.toml")]
+    documents += [tomllib.loads((APPS / "svcapp" / "scenario.toml").read_text())]
+    for document in documents:
+        jsonschema.validate(document, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"app": "x", "colour": "blue"}, schema)
