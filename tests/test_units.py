@@ -174,3 +174,13 @@ def test_write_atomic_leaves_the_old_report_when_writing_fails(tmp_path: Path) -
         write_atomic(str(target), Boom())  # type: ignore[arg-type]
     assert json.loads(target.read_text()) == {"ok": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_every_finding_kind_a_detector_emits_is_documented() -> None:
+    from geventcheck._model import FINDING_KINDS
+    from geventcheck.detectors import KINDS
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for kind in KINDS:
+        assert kind in FINDING_KINDS, f"{kind} is not a kind of report.schema.json"
+        assert f"| `{kind}` |" in readme, f"the README's findings table lacks {kind}"
