@@ -184,3 +184,14 @@ def test_every_finding_kind_a_detector_emits_is_documented() -> None:
     for kind in KINDS:
         assert kind in FINDING_KINDS, f"{kind} is not a kind of report.schema.json"
         assert f"| `{kind}` |" in readme, f"the README's findings table lacks {kind}"
+
+
+def test_public_api_is_sorted_and_loads_the_audit_only_when_asked() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, geventcheck; assert 'geventcheck._audit' not in sys.modules; "
+            "assert 'gevent' not in sys.modules; "
+            "assert sorted(geventcheck.__all__) == geventcheck.__all__; "
+            "[getattr(geventcheck, n) for n in geventcheck.__all__]")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
