@@ -63,6 +63,11 @@ def cli() -> None:
               callback=_positive(float), help="Seconds before a hung task becomes a finding.")
 @click.option("--runs", default=3, show_default=True, type=int, callback=_positive(int),
               help="Measured solo runs per task (after one warm-up run).")
+@click.option("--explore", default=2, show_default=True, type=click.IntRange(min=0),
+              help="Schedules to try per task, hunting an interleaving where concurrent "
+                   "copies disagree (0: off; needs Hypothesis).")
+@click.option("--explore-seed", default=0, show_default=True, type=int,
+              help="Seed of the schedule search, to reproduce a finding.")
 @click.option("--shim", "shims", multiple=True, type=click.Choice(sorted(SHIMS)),
               help="Apply a gevent shim in the audited process first (repeatable).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
@@ -74,7 +79,8 @@ def audit(  # noqa: PLR0917 - click passes every option as an argument
     app: str | None, scenario_path: str | None, django_settings: str | None,
     workdir: str | None, globs: tuple[str, ...],
     concurrency: int, warn_ms: float, threshold_ms: float, task_timeout: float, runs: int,
-    shims: tuple[str, ...], json_path: str | None, markdown_path: str | None, verbose: bool,
+    explore: int, explore_seed: int, shims: tuple[str, ...], json_path: str | None,
+    markdown_path: str | None, verbose: bool,
 ) -> None:
     """Run every task of a Celery app under a monkey-patched gevent worker and judge it."""
     scenario = load_scenario(scenario_path) if scenario_path else None
@@ -92,7 +98,8 @@ def audit(  # noqa: PLR0917 - click passes every option as an argument
             raise click.UsageError(f"{flag}: folder {os.path.dirname(path)!r} does not exist")
     settings = Settings(threshold_ms=threshold_ms, warn_ms=warn_ms, concurrency=concurrency,
                         task_timeout_s=task_timeout, runs=runs, mode="inprocess",
-                        shims=tuple(shims))
+                        shims=tuple(shims), explore=explore if _has_hypothesis() else 0,
+                        explore_seed=explore_seed)
     out = Console(width=None if sys.stdout.isatty() else 160)
     err = Console(stderr=True)
     progress = Progress(TextColumn("[bold]auditing"), BarColumn(), MofNCompleteColumn(),
@@ -162,6 +169,12 @@ def doctor(app: str, json_path: str | None, live: bool, live_timeout: float,
         write_atomic(os.path.abspath(json_path), json.dumps(diagnosis.to_dict(), indent=2) + "\n")
     Console(width=None if sys.stdout.isatty() else 160).print(render_diagnosis(diagnosis))
     sys.exit(diagnosis.exit_code)
+
+
+def _has_hypothesis() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("hypothesis") is not None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -125,6 +125,8 @@ class Settings:
     runs: int = 3
     mode: Literal["inprocess", "worker"] = "worker"
     shims: tuple[str, ...] = ()
+    explore: int = 0
+    explore_seed: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,6 +177,8 @@ def report_to_dict(report: Report) -> dict[str, Any]:
             "shims": list(settings.shims),
             "task_timeout_s": settings.task_timeout_s,
             "runs": settings.runs,
+            "explore": settings.explore,
+            "explore_seed": settings.explore_seed,
         },
         "environment": {
             "python": env.python,

@@ -40,3 +40,30 @@ def test_a_result_is_never_volatile_against_itself(value) -> None:
 def test_the_learned_mask_makes_two_solo_results_agree(a, b) -> None:
     mask = learn_volatile(a, b)
     assert normalize(a, mask) == normalize(b, mask)
+
+
+def _reserve_scenario(tmp_path) -> str:
+    path = tmp_path / "s.toml"
+    path.write_text(f'app = "hazards"\nworkdir = "{APPS}"\n'
+                    '[tasks."hazards.tasks.reserve_last_item"]\n'
+                    'calls = [{ args = [0] }, { args = [6] }, { args = [12] }]\n')
+    return str(path)
+
+
+def test_exploring_schedules_finds_a_race_the_natural_interleaving_hides(audit,
+                                                                        tmp_path) -> None:
+    scenario = _reserve_scenario(tmp_path)
+    common = ("--scenario", scenario, "--task", "*reserve_last_item", "--runs", "3", "-c", "3")
+    calm = audit(*common, "--explore", "0", cwd=tmp_path)
+    assert "concurrency-divergence" not in calm.kinds(".reserve_last_item")
+    found = []
+    for _ in range(2):  # the same seed finds the same shrunk schedule
+        hunted = audit(*common, "--explore", "20", "--explore-seed", "7", cwd=tmp_path)
+        task = hunted.task(".reserve_last_item")
+        assert task["verdict"] == "no-go"
+        [finding] = [f for f in task["findings"] if f["kind"] == "concurrency-divergence"]
+        assert "under the schedule [copy" in finding["message"]
+        assert "--explore-seed 7" in finding["message"]
+        assert "'sold out'" in finding["message"] and "'reserved'" in finding["message"]
+        found.append(finding["message"])
+    assert found[0] == found[1]

@@ -73,32 +73,42 @@ class Probe:
         """Nothing to set up: this probe only compares outcomes."""
 
     def end(self, run: ProbeRun, outcomes: list[dict[str, Any]]) -> list[Finding]:
-        by_call: dict[Any, list[dict[str, Any]]] = {}
-        for solo in run.solo_outcomes:
-            by_call.setdefault(solo.get("call"), []).append(solo)
-        findings = []
-        for copy in outcomes:
-            solos = by_call.get(copy.get("call"), [])
-            if not solos or "wall_ms" not in copy:
-                continue
-            volatile = None
-            ok = [s for s in solos if not s.get("error")]
-            if len(ok) >= 2:
-                volatile = learn_volatile(ok[0].get("result"), ok[1].get("result"))
-            expected = {_key(s, volatile) for s in solos}
-            got = _key(copy, volatile)
-            if got in expected:
-                continue
-            alone = solos[0].get("error") or repr(solos[0].get("result"))
-            together = copy.get("error") or repr(copy.get("result"))
-            findings.append(Finding(
-                "concurrency-divergence", "error",
-                f"with {run.concurrency} copies running at once it gave {together[:200]}, "
-                f"where alone, with the same input, it gave {alone[:200]}: state it relies "
-                "on is shared between concurrent tasks",
-                file=copy.get("file"), line=copy.get("line"), function=copy.get("function"),
-                fix="find the shared state (module globals, class attributes, caches, "
-                    "thread-locals created before patching) and make it per task",
-            ))
-            break  # one finding per task is enough to act on
-        return findings
+        found = first_divergence(run.solo_outcomes, outcomes)
+        if found is None:
+            return []
+        copy, solo = found
+        return [divergence_finding(run.concurrency, copy, solo)]
+
+
+def first_divergence(solo_outcomes: list[dict[str, Any]], outcomes: list[dict[str, Any]],
+                     ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The first copy whose outcome no solo run with the same input had, and that solo run."""
+    by_call: dict[Any, list[dict[str, Any]]] = {}
+    for solo in solo_outcomes:
+        by_call.setdefault(solo.get("call"), []).append(solo)
+    for copy in outcomes:
+        solos = by_call.get(copy.get("call"), [])
+        if not solos or "wall_ms" not in copy:
+            continue
+        volatile = None
+        ok = [s for s in solos if not s.get("error")]
+        if len(ok) >= 2:
+            volatile = learn_volatile(ok[0].get("result"), ok[1].get("result"))
+        if _key(copy, volatile) not in {_key(s, volatile) for s in solos}:
+            return copy, solos[0]
+    return None
+
+
+def divergence_finding(concurrency: int, copy: dict[str, Any], solo: dict[str, Any],
+                       how: str = "") -> Finding:
+    alone = solo.get("error") or repr(solo.get("result"))
+    together = copy.get("error") or repr(copy.get("result"))
+    return Finding(
+        "concurrency-divergence", "error",
+        f"with {concurrency} copies running at once{how} it gave {together[:200]}, where "
+        f"alone, with the same input, it gave {alone[:200]}: state it relies on is shared "
+        "between concurrent tasks",
+        file=copy.get("file"), line=copy.get("line"), function=copy.get("function"),
+        fix="find the shared state (module globals, class attributes, caches, "
+            "thread-locals created before patching) and make it per task",
+    )

@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -26,6 +27,7 @@ from .. import _version
 from .._model import Finding, finding_to_dict
 from .._paths import is_audited_file, relative
 from ..detectors import PROBES, ProbeRun, _drivers, _egress, _hub, _stalls
+from ..detectors._divergence import first_divergence
 from . import _appload
 from ._channel import ChildChannel
 
@@ -99,16 +101,17 @@ class TaskRunner:
             outcome["result"] = _summary(result.result)
 
     def _phase(self, task: Any, phase: str, calls: list[dict[str, Any]],
-               spawned: set[Any] | None = None) -> tuple[list[dict[str, Any]], bool]:
+               on_spawn: Callable[[Any, int], None] | None = None,
+               ) -> tuple[list[dict[str, Any]], bool]:
         """Run one greenlet per call at once; returns their outcomes and whether all finished."""
         self.monitor.phase = phase
         outcomes: list[dict[str, Any]] = [{} for _ in calls]
         pool = Pool(len(calls))
         glets = []
-        for outcome, call in zip(outcomes, calls, strict=True):
+        for index, (outcome, call) in enumerate(zip(outcomes, calls, strict=True)):
             glet = pool.greenlet_class(self._invoke, task, outcome, call)
-            if spawned is not None:
-                spawned.add(glet)
+            if on_spawn is not None:
+                on_spawn(glet, index)
             pool.start(glet)
             glets.append(glet)
         done = gevent.joinall(glets, timeout=self.cfg["task_timeout"])
@@ -165,6 +168,7 @@ class TaskRunner:
         plan += [("solo", [turn(i)]) for i in range(cfg["runs"])]
         plan += [("concurrent", [turn(i) for i in range(cfg["concurrency"])])]
         solo: list[dict[str, Any]] = []
+        concurrent: list[dict[str, Any]] = []
         for phase, phase_calls in plan:
             self.monitor.take_stalls()
             started = time.perf_counter()
@@ -188,7 +192,11 @@ class TaskRunner:
                 return
             if phase == "solo":
                 solo.extend(outcomes)
-        self._probe(info, task, [turn(i) for i in range(cfg["concurrency"])], solo)
+            concurrent = outcomes
+        copies = [turn(i) for i in range(cfg["concurrency"])]
+        # Before the probe run, so state the extra runs leave behind is caught by its probes.
+        explored = [] if first_divergence(solo, concurrent) else self._explore(task, copies, solo)
+        self._probe(info, task, copies, solo, explored)
 
     def _guarded(self, probe: Any, step: str, *args: Any) -> Any:
         """A probe that fails must cost its own findings, not the audit."""
@@ -200,21 +208,50 @@ class TaskRunner:
             return _FAILED
 
     def _probe(self, info: _appload.TaskInfo, task: Any, calls: list[dict[str, Any]],
-               solo: list[dict[str, Any]]) -> None:
+               solo: list[dict[str, Any]], explored: list[Finding]) -> None:
         """One more concurrent run with every probe on; its timings are not judged."""
         if not self.probes:
+            if explored:
+                self._send_findings(info.name, "explore", explored)
             return
         run = ProbeRun(info.name, task, self.app, self.roots, len(calls), solo_outcomes=solo)
         started = [p for p in self.probes if self._guarded(p, "begin", run) is not _FAILED]
-        outcomes, _ = self._phase(task, "probe", calls, spawned=run.greenlets)
+        outcomes, _ = self._phase(task, "probe", calls,
+                                  on_spawn=lambda glet, _: run.greenlets.add(glet))
         self.monitor.take_stalls()  # measured runs judge stalls; the probes slow this one
         self.monitor.phase = "idle"
-        findings: list[Finding] = []
+        findings: list[Finding] = list(explored)
         for probe in reversed(started):
             found = self._guarded(probe, "end", run, outcomes)
             findings += [] if found is _FAILED else found
         findings += _egress_findings(self.guard.take_attempts(), "probe")
         self._send_findings(info.name, "probe", _stalls.merge(findings))
+
+    def _explore(self, task: Any, calls: list[dict[str, Any]],
+                 solo: list[dict[str, Any]]) -> list[Finding]:
+        """Search interleavings for one where the copies disagree (--explore)."""
+        examples, seed = self.cfg.get("explore", 0), self.cfg.get("explore_seed", 0)
+        if not examples or not solo:
+            return []
+        try:
+            from ..detectors import _explore
+        except ImportError:
+            return []
+
+        def run_copies(copy_of: dict[Any, int]) -> list[dict[str, Any]]:
+            outcomes, _ = self._phase(task, "explore", calls,
+                                      on_spawn=copy_of.__setitem__)
+            return outcomes
+
+        try:
+            found = _explore.explore(run_copies, solo, len(calls), examples=examples, seed=seed)
+        finally:
+            self.monitor.take_stalls()
+            self.monitor.phase = "idle"
+        if found is None:
+            return []
+        schedule, copy, alone = found
+        return [_explore.exploration_finding(len(calls), schedule, copy, alone, seed)]
 
 
 def _summary(value: Any) -> Any:

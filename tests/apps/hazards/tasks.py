@@ -98,3 +98,19 @@ def stamp_and_id():
 
     time.sleep(0.01)
     return {"id": str(uuid.uuid4()), "at": time.time(), "kind": "order"}
+
+
+STOCK = {"items": 1}
+
+
+@app.task
+def reserve_last_item(start_ms):
+    """Check-then-act on shared stock. Copies started a few ms apart never overlap, so the
+    natural interleaving looks fine; a copy delayed at the right wait sells out the next."""
+    time.sleep(start_ms / 1000)
+    if STOCK["items"] > 0:
+        STOCK["items"] -= 1
+        time.sleep(0.002)  # ship it
+        STOCK["items"] += 1  # restock for the next order
+        return "reserved"
+    return "sold out"
