@@ -105,3 +105,22 @@ def test_live_worker_confirms_the_static_answer(tmp_path, args, conf, env, pool,
     else:
         assert live["ran_probe"] and not live["patched"] and not live["in_greenlet"], output
     assert "live-mismatch" not in {f["kind"] for f in data["findings"]}
+
+
+def test_examx_report_command_lines(tmp_path) -> None:
+    """The report's belief: the hardcoded prefork line beats -P gevent. The doctor says no."""
+    examx = APPS.parent.parent / "scenarios" / "examx"
+    out = tmp_path / "examx.json"
+    hardcoded = _line('app.conf.worker_pool = "prefork"', examx / "examx" / "celery.py")
+    for args, pool, patched, effect in [
+        (["worker", "-P", "gevent", "-c", "80", "-Q", "default"], "gevent", True, "ignored"),
+        (["worker", "-c", "8", "-Q", "bulk_upload,default"], "prefork", False, "it decides"),
+    ]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "geventcheck", "doctor", "-A", "examx", "--json", str(out),
+             "--", *args], cwd=examx, capture_output=True, text=True, timeout=120)
+        data = json.loads(out.read_text())
+        assert (data["effective_pool"], data["patched"]) == (pool, patched), proc.stdout
+        [config] = [f for f in data["findings"] if f["kind"] == "pool-config"]
+        assert (config["file"], config["line"]) == ("examx/celery.py", hardcoded)
+        assert hardcoded == 35 and effect in config["message"]
