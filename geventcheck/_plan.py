@@ -94,9 +94,11 @@ def make_plan(report: Report) -> Plan:
         elif io:
             queues.append(_gevent_queue(app, queue, io))
         else:
+            cpu = all(t.classification == "cpu" for t in rest)
             queues.append(QueuePlan(queue, "prefork", cores, tuple(rest),
                                     _command(app, "prefork", cores, queue),
-                                    "no task of this queue is safe on gevent yet"))
+                                    "CPU-bound work: one process per core" if cpu
+                                    else "no task of this queue is safe on gevent yet"))
     return Plan(tuple(queues), routes, tuple(first))
 
 
@@ -130,6 +132,7 @@ def render_markdown(report: Report, plan: Plan) -> str:
         lines += ["", "## Fix first", ""]
         for t in plan.first:
             top = t.top_finding
-            detail = f": {top.kind} at {top.where}. {top.fix or ''}" if top else ""
+            where = f" at {top.where}" if top and top.where else ""
+            detail = f": {top.kind}{where}. {top.fix or ''}" if top else ""
             lines.append(f"- `{t.name}`{detail}".rstrip())
     return "\n".join(lines) + "\n"

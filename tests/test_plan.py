@@ -71,3 +71,9 @@ def test_demo_plan_commands_are_patched_workers_per_the_doctor(tmp_path) -> None
                        capture_output=True, timeout=60)
         doctor = json.loads(out.read_text())
         assert (doctor["effective_pool"], doctor["patched"]) == ("gevent", True)
+
+
+def test_a_queue_of_cpu_tasks_says_why_it_stays_on_prefork() -> None:
+    plan = make_plan(_report(_task("proj.index", "enrich", "go", "cpu", "prefork", 80, 75)))
+    assert plan.queues[0].why == "CPU-bound work: one process per core"
+    assert plan.first == ()

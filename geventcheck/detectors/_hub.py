@@ -135,7 +135,9 @@ def frames_of(frame: types.FrameType | None, limit: int = _MAX_DEPTH) -> tuple[F
     """Innermost first."""
     out: list[FrameInfo] = []
     while frame is not None and len(out) < limit:
-        out.append(FrameInfo(frame.f_code.co_filename, frame.f_lineno or 0, frame.f_code.co_name))
+        # f_lineno is None in a few interpreter states; the function's first line is honest
+        line = frame.f_lineno or frame.f_code.co_firstlineno
+        out.append(FrameInfo(frame.f_code.co_filename, line, frame.f_code.co_name))
         frame = frame.f_back
     return tuple(out)
 
@@ -280,7 +282,8 @@ class HubMonitor:
             evidence.peers[syscall.fd] = _native.peer_of_fd(syscall.fd)
         app_frame = self._app_frame(frame)
         if app_frame is not None:
-            key = (app_frame.f_code.co_filename, app_frame.f_lineno or 0)
+            key = (app_frame.f_code.co_filename,
+                   app_frame.f_lineno or app_frame.f_code.co_firstlineno)
             if key not in evidence.callees and key[0] in self._describable:
                 evidence.callees[key] = _native.describe_callee(app_frame)
 
