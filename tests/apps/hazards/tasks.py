@@ -105,8 +105,8 @@ STOCK = {"items": 1}
 
 @app.task
 def reserve_last_item(start_ms):
-    """Check-then-act on shared stock. Copies started a few ms apart never overlap, so the
-    natural interleaving looks fine; a copy delayed at the right wait sells out the next."""
+    """Check-then-act on shared stock. Copies started 10 ms apart never overlap, so the
+    natural interleaving looks fine; a copy delayed at the right waits sells out the next."""
     time.sleep(start_ms / 1000)
     if STOCK["items"] > 0:
         STOCK["items"] -= 1
