@@ -1,6 +1,7 @@
 """From what was measured to what it means: verdict, classification, recommended pool.
 
-Classification uses the median solo run: CPU share = cpu_ms / wall_ms.
+Classification uses the median solo run: CPU share = cpu_ms / wall_ms, where wall_ms
+leaves out the time the thread waited for a CPU (a busy machine, not the task).
   light  wall < 20 ms and no stall reached --warn-ms
   cpu    CPU share >= 0.6  (the task mostly computes)
   io     CPU share <= 0.3  (the task mostly waits)
@@ -76,6 +77,8 @@ def judge(rec: TaskRecord, warn_ms: float, services: dict[str, str] | None = Non
     measured = ok_runs or runs
     wall = _median([r["wall_ms"] for r in measured])
     cpu = _median([r["cpu_ms"] for r in measured])
+    # what the task itself spent, without the time a busy machine kept it off the CPU
+    own_wall = _median([r["wall_ms"] - (r.get("queued_ms") or 0.0) for r in measured])
     max_block = max(
         (f.duration_ms or 0.0 for f in findings if f.kind in _STALL_KINDS), default=0.0
     )
@@ -92,7 +95,7 @@ def judge(rec: TaskRecord, warn_ms: float, services: dict[str, str] | None = Non
             "scenario file (--scenario) to audit it")]
         classification: Classification = "unknown"
     else:
-        classification = classify(wall, cpu, max_block, warn_ms, len(runs))
+        classification = classify(own_wall, cpu, max_block, warn_ms, len(runs))
         all_failed = bool(runs) and not ok_runs
         if any(f.severity == "error" for f in findings):
             verdict = "no-go"

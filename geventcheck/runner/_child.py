@@ -82,7 +82,7 @@ class TaskRunner:
     def _invoke(self, task: Any, outcome: dict[str, Any], call: dict[str, Any]) -> None:
         """One run through Celery's own local execution path (signals, request context)."""
         outcome["call"] = call.get("index")
-        wall0, cpu0 = time.perf_counter(), time.thread_time()
+        wall0, cpu0, queued0 = time.perf_counter(), time.thread_time(), _queued_ms()
         try:
             result = task.apply(args=call["args"], kwargs=call["kwargs"], throw=False)
         except SystemExit as exc:
@@ -93,6 +93,7 @@ class TaskRunner:
         finally:
             outcome["wall_ms"] = (time.perf_counter() - wall0) * 1000
             outcome["cpu_ms"] = (time.thread_time() - cpu0) * 1000
+            outcome["queued_ms"] = _queued_ms() - queued0
         if result.failed():
             error = result.result
             outcome["error"] = f"{type(error).__name__}: {error}"
@@ -186,7 +187,8 @@ class TaskRunner:
             findings += _egress_findings(self.guard.take_attempts(), phase)
             self._send_findings(
                 info.name, phase, _stalls.merge(findings), wall_ms=wall_ms,
-                runs=[{k: o.get(k) for k in ("wall_ms", "cpu_ms", "error")} for o in outcomes],
+                runs=[{k: o.get(k) for k in ("wall_ms", "cpu_ms", "queued_ms", "error")}
+                      for o in outcomes],
             )
             if not finished:
                 return
@@ -252,6 +254,16 @@ class TaskRunner:
             return []
         schedule, copy, alone = found
         return [_explore.exploration_finding(len(calls), schedule, copy, alone, seed)]
+
+
+def _queued_ms() -> float:
+    """Time this thread spent ready to run but waiting for a CPU (/proc schedstat): a busy
+    machine's doing, not the task's waiting."""
+    try:
+        with open("/proc/thread-self/schedstat") as fh:
+            return int(fh.read().split()[1]) / 1e6
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def _summary(value: Any) -> Any:
