@@ -35,6 +35,6 @@ def relative(path: str) -> str:
     """A path relative to the working directory when it lies below it."""
     try:
         rel = os.path.relpath(path)
-    except ValueError:
+    except (ValueError, OSError):  # OSError: a task removed the working directory
         return path
     return path if rel.startswith("..") else rel

@@ -195,3 +195,17 @@ def test_public_api_is_sorted_and_loads_the_audit_only_when_asked() -> None:
             "assert sorted(geventcheck.__all__) == geventcheck.__all__; "
             "[getattr(geventcheck, n) for n in geventcheck.__all__]")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_relative_paths_survive_a_task_that_removed_the_working_directory(tmp_path) -> None:
+    from geventcheck._paths import relative
+
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    here = os.getcwd()
+    os.chdir(gone)
+    gone.rmdir()
+    try:
+        assert relative("/srv/app/tasks.py") == "/srv/app/tasks.py"
+    finally:
+        os.chdir(here)
