@@ -18,6 +18,7 @@ from typing import Any
 
 from ._model import Finding
 from ._paths import relative
+from .runner._appload import AppLoadError, load_tasks
 
 # Signals a gevent worker never sends: there is no child process.
 _NEVER_SENT = ("worker_process_init", "worker_process_shutdown")
@@ -140,7 +141,10 @@ def diagnose(app_spec: str, worker_args: list[str]) -> Diagnosis:
         raise DoctorError(f"cannot load app {app_spec!r}: it is not a Celery app")
     argv = ["celery", "-A", app_spec, *worker_args]
     options = _parse_worker_args(app, worker_args[1:])
-    with_tasks_loaded(app)
+    try:
+        load_tasks(app, app_spec)
+    except AppLoadError as exc:
+        raise DoctorError(str(exc)) from None
     pool = _pool_name(options["pool"])
     scanned = _argv_pool(argv)
     patched = scanned == "gevent"
@@ -152,20 +156,6 @@ def diagnose(app_spec: str, worker_args: list[str]) -> Diagnosis:
     return Diagnosis(app_spec, tuple(worker_args), pool, patched,
                      int(concurrency) if concurrency else None,
                      int(prefetch) if prefetch is not None else None, queues, tuple(findings))
-
-
-def with_tasks_loaded(app: Any) -> None:
-    """Import the task modules (and their signal receivers) as the worker would."""
-    try:
-        if os.environ.get("DJANGO_SETTINGS_MODULE"):
-            import django
-
-            django.setup()
-        app.loader.import_default_modules()
-        app.finalize(auto=True)
-    except Exception as exc:
-        raise DoctorError(f"cannot load the tasks of the app: {type(exc).__name__}: {exc}"
-                          ) from None
 
 
 def _findings(app: Any, worker_args: list[str], pool: str, *, patched: bool,

@@ -77,6 +77,12 @@ def load_app(spec: str, django_settings: str | None = None) -> Any:
     if not isinstance(app, Celery):
         raise AppLoadError(f"cannot load app {spec!r}: it is a {type(app).__name__}, "
                            "not a Celery app")
+    load_tasks(app, spec)
+    return app
+
+
+def load_tasks(app: Any, spec: str) -> None:
+    """Import the task modules (and their signal receivers) as a worker does."""
     try:
         if os.environ.get("DJANGO_SETTINGS_MODULE"):
             import django
@@ -87,7 +93,6 @@ def load_app(spec: str, django_settings: str | None = None) -> Any:
     except Exception as exc:
         raise AppLoadError(f"cannot load the tasks of {spec!r}: {_where(exc)}{_describe(exc)}"
                            ) from None
-    return app
 
 
 def _required_params(task: Any) -> tuple[str, ...]:
