@@ -25,13 +25,11 @@ EXIT_USAGE = 2
 EXIT_INTERNAL = 3
 
 
-def _positive(kind: type[float] | type[int]) -> Any:
-    def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-        if value is not None and value <= 0:
-            raise click.BadParameter(f"expected a positive number, got {value!r}")
-        return value
-
-    return check
+def _positive(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Option callback: counts, durations and thresholds must be above zero."""
+    if value is not None and value <= 0:
+        raise click.BadParameter(f"expected a positive number, got {value!r}")
+    return value
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -53,15 +51,15 @@ def cli() -> None:
 @click.option("--task", "globs", multiple=True, metavar="GLOB",
               help="Only tasks whose name matches (repeatable).")
 @click.option("-c", "--concurrency", default=4, show_default=True, type=int,
-              callback=_positive(int),
+              callback=_positive,
               help="Concurrent copies per task, as the gevent pool runs them.")
-@click.option("--warn-ms", default=10.0, show_default=True, type=float, callback=_positive(float),
+@click.option("--warn-ms", default=10.0, show_default=True, type=float, callback=_positive,
               help="Report hub stalls longer than this.")
 @click.option("--threshold-ms", default=50.0, show_default=True, type=float,
-              callback=_positive(float), help="Stalls longer than this make a task no-go.")
+              callback=_positive, help="Stalls longer than this make a task no-go.")
 @click.option("--task-timeout", default=30.0, show_default=True, type=float,
-              callback=_positive(float), help="Seconds before a hung task becomes a finding.")
-@click.option("--runs", default=3, show_default=True, type=int, callback=_positive(int),
+              callback=_positive, help="Seconds before a hung task becomes a finding.")
+@click.option("--runs", default=3, show_default=True, type=int, callback=_positive,
               help="Measured solo runs per task (after one warm-up run).")
 @click.option("--explore", default=2, show_default=True, type=click.IntRange(min=0),
               help="Schedules to try per task, hunting an interleaving where concurrent "
@@ -146,7 +144,7 @@ def audit(  # noqa: PLR0917 - click passes every option as an argument
 @click.option("--live", is_flag=True,
               help="Also start the real worker for a few seconds and ask it (needs its broker).")
 @click.option("--live-timeout", default=20.0, show_default=True, type=float,
-              callback=_positive(float), help="Seconds to wait for the live worker's answer.")
+              callback=_positive, help="Seconds to wait for the live worker's answer.")
 @click.argument("worker_args", nargs=-1, type=click.UNPROCESSED, required=True)
 def doctor(app: str, json_path: str | None, live: bool, live_timeout: float,
            worker_args: tuple[str, ...]) -> None:
