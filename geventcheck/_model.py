@@ -50,6 +50,13 @@ class Finding:
     count: int = 1
     phase: str | None = None
     service: str | None = None
+    # a stall that was not the task's doing: "garbage-collection" or "geventcheck"
+    cause: str | None = None
+    # which measured run saw it (the child numbers them), for the reproduction rule
+    run: int | None = None
+    # a stall's wall time as the hub lived it, when duration_ms leaves out a busy
+    # machine's share or a garbage collection
+    wall_ms: float | None = None
 
     @property
     def where(self) -> str:

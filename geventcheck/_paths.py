@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import os
 import sysconfig
+from collections.abc import Sequence
+from typing import Protocol, TypeVar
 
 _LIBRARY_ROOTS = tuple(
     sorted(
@@ -38,3 +40,56 @@ def relative(path: str) -> str:
     except (ValueError, OSError):  # OSError: a task removed the working directory
         return path
     return path if rel.startswith("..") else rel
+
+
+_STDLIB_ROOTS = tuple(
+    sorted(
+        {
+            os.path.realpath(p) + os.sep
+            for key in ("stdlib", "platstdlib")
+            if (p := sysconfig.get_paths().get(key))
+        }
+    )
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def is_own_file(path: str) -> bool:
+    """geventcheck's own code (the package and its shims)."""
+    return os.path.realpath(path).startswith(_OWN_ROOTS)
+
+
+@functools.lru_cache(maxsize=4096)
+def is_stdlib_file(path: str) -> bool:
+    real = os.path.realpath(path)
+    return (path.startswith("<") or real.startswith(_STDLIB_ROOTS)) and not any(
+        part in real for part in ("site-packages", "dist-packages"))
+
+
+class _Frame(Protocol):
+    @property
+    def file(self) -> str: ...
+    @property
+    def function(self) -> str: ...
+
+
+F = TypeVar("F", bound=_Frame)
+
+
+def app_frame(stack: Sequence[F], app_roots: tuple[str, ...] = ()) -> F | None:
+    """The innermost frame in the app's own code (stack innermost first); a comprehension
+    or lambda is a frame of its own, so the function that holds it is named instead.
+    Falls back to the innermost frame when no frame is the app's."""
+    for frame in stack:
+        if is_audited_file(frame.file, app_roots) and not frame.function.startswith("<"):
+            return frame
+    return stack[0] if stack else None
+
+
+def caller_is_own(stack: Sequence[_Frame]) -> bool:
+    """The innermost frame outside the standard library is geventcheck's: the work was the
+    audit's (a probe, a hook, a traceback it formats), not the task's."""
+    for frame in stack:
+        if not is_stdlib_file(frame.file):
+            return is_own_file(frame.file)
+    return False

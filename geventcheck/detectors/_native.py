@@ -7,12 +7,11 @@ is stalled, so it must never touch the gevent hub: plain file reads only.
 from __future__ import annotations
 
 import ctypes
-import inspect
 import ipaddress
 import os
 import platform
+import re
 import struct
-import types
 from dataclasses import dataclass
 
 # Linux syscall numbers by machine; only the ones a stalled thread sits in.
@@ -59,6 +58,9 @@ class SyscallSample:
 
     name: str
     fd: int | None = None
+    # the thread's stack pointer, and the futex word waited on (futex only)
+    sp: int | None = None
+    uaddr: int | None = None
 
 
 class SyscallReader:
@@ -97,13 +99,18 @@ def parse_syscall(fields: list[str]) -> SyscallSample:
     except ValueError:
         return SyscallSample("unknown")
     name = _SYSCALLS.get(number, f"syscall {number}")
-    args = [int(a, 16) for a in fields[1:7]]
+    try:
+        args = [int(a, 16) for a in fields[1:7]]
+        sp = int(fields[7], 16) if len(fields) >= 9 else None
+    except ValueError:
+        return SyscallSample(name)
     fd: int | None = None
     if name in _FD_FIRST and args:
         fd = args[0]
     elif name in _POLL_LIKE and len(args) >= 2 and args[1] >= 1 and args[0]:
         fd = _first_polled_fd(args[0])
-    return SyscallSample(name, fd)
+    uaddr = args[0] if name == "futex" and args else None
+    return SyscallSample(name, fd, sp, uaddr)
 
 
 def _first_polled_fd(address: int) -> int | None:
@@ -172,69 +179,89 @@ def _unix_path(inode: str) -> str | None:
     return None
 
 
-def describe_callee(frame: types.FrameType) -> str | None:
-    """Name the callable the frame is calling right now, e.g. ``psycopg2 cursor.execute``.
+# Shared objects that every native call passes through: they name no library of the app's.
+_PLUMBING = re.compile(r"/(libc|libpthread|libdl|ld-linux[^/]*|libpython[^/]*|python[0-9.]*)"
+                       r"(\.so[^/]*)?$")
+_SCAN_BYTES = 32768
 
-    Uses ``executing`` to find the call node at the frame's current instruction,
-    then resolves a plain ``name.attr`` chain against the frame's variables
-    without calling anything.
+
+class NativeCallers:
+    """Which shared libraries a thread blocked in a syscall is inside, innermost first.
+
+    Reads the thread's native stack from its stack pointer upwards (our own
+    memory, no GIL or frame needed) and keeps the words that are addresses in an
+    executable mapping: the return addresses of the native calls under way. A
+    blocked psycopg2 query shows ``libpq`` and ``_psycopg``; a ctypes call
+    ``libffi``. Stale words make this a hint, which is how findings use it.
     """
-    try:
-        import ast
 
-        import executing
+    def __init__(self) -> None:
+        self._text: list[tuple[int, int, str]] = []
+        self._stacks: list[tuple[int, int]] = []
 
-        node = executing.Source.executing(frame).node
-    except Exception:
-        return None
-    if not isinstance(node, ast.Call):
-        return None
-    expr = ast.unparse(node.func)
-    target = _resolve(node.func, frame)
-    if target is None:
-        return expr
-    return _qualified_name(target) or expr
-
-
-def _resolve(node: object, frame: types.FrameType) -> object | None:
-    import ast
-
-    if isinstance(node, ast.Name):
-        scopes = (frame.f_locals, frame.f_globals, frame.f_builtins)
-        for scope in scopes:
-            if node.id in scope:
-                found: object = scope[node.id]
-                return found
-        return None
-    if isinstance(node, ast.Attribute):
-        base = _resolve(node.value, frame)
-        if base is None:
-            return None
+    def refresh(self) -> None:
+        """Re-read /proc/self/maps (libraries loaded since, new thread stacks)."""
+        text, stacks = [], []
         try:
-            # getattr_static runs no property or __getattr__ code of the audited app.
-            attribute: object = inspect.getattr_static(base, node.attr)
-            return attribute
-        except AttributeError:
-            return None
+            with open("/proc/self/maps") as fh:
+                for line in fh:
+                    cols = line.split()
+                    low, high = (int(x, 16) for x in cols[0].split("-"))
+                    path = cols[5] if len(cols) > 5 else ""
+                    if "x" in cols[1] and path.startswith("/"):
+                        text.append((low, high, path))
+                    elif "rw" in cols[1]:
+                        stacks.append((low, high))
+        except (OSError, ValueError, IndexError):
+            return
+        self._text, self._stacks = text, stacks
+
+    def libraries(self, sp: int | None, limit: int = 4) -> tuple[str, ...]:
+        if not sp:
+            return ()
+        region = next(((lo, hi) for lo, hi in self._stacks if lo <= sp < hi), None)
+        if region is None:
+            return ()
+        size = min(_SCAN_BYTES, region[1] - sp) // 8 * 8
+        try:
+            words = memoryview(ctypes.string_at(sp, size)).cast("Q")
+        except (ValueError, OSError):
+            return ()
+        found: list[str] = []
+        text = self._text
+        for word in words:
+            if word < 0x1000:
+                continue
+            for low, high, path in text:
+                if low <= word < high:
+                    if _PLUMBING.search(path):
+                        if "python" in path and found:
+                            return tuple(found)  # back in the interpreter: done
+                    elif path not in found:
+                        found.append(path)
+                        if len(found) >= limit:
+                            return tuple(found)
+                    break
+        return tuple(found)
+
+
+def library_label(path: str) -> str:
+    """``libpq``, ``_psycopg``, ``libffi``: a library's name without its version."""
+    name = os.path.basename(path)
+    return re.split(r"[.-]", name, maxsplit=1)[0] if not name.startswith("_") else \
+        name.split(".", 1)[0]
+
+
+def library_package(path: str) -> str | None:
+    """The installed package a native library came with: ``psycopg2`` for both
+    ``psycopg2/_psycopg...so`` and ``psycopg2_binary.libs/libpq...so``."""
+    parts = path.split(os.sep)
+    for marker in ("site-packages", "dist-packages"):
+        if marker in parts:
+            index = parts.index(marker)
+            if index + 1 < len(parts) - 1:
+                top = parts[index + 1]
+                for suffix in (".libs", "_binary"):
+                    top = top.removesuffix(suffix)
+                return top.lstrip(".") or None
     return None
-
-
-def _qualified_name(target: object) -> str | None:
-    if isinstance(target, ctypes._CFuncPtr):  # type: ignore[attr-defined]
-        return f"ctypes {getattr(target, '__name__', 'function')}"
-    owner = getattr(target, "__self__", None)
-    objclass = getattr(target, "__objclass__", None)
-    qualname = getattr(target, "__qualname__", None) or getattr(target, "__name__", None)
-    if qualname is None:
-        return None
-    module = getattr(target, "__module__", None)
-    if module is None and owner is not None and not isinstance(owner, types.ModuleType):
-        module = type(owner).__module__
-    if objclass is not None:
-        module = objclass.__module__
-    if isinstance(owner, types.ModuleType):
-        module = owner.__name__
-    module = {"posix": "os", "_hashlib": "hashlib"}.get(module or "", module)
-    if module in (None, "builtins"):
-        return str(qualname)
-    return f"{module}.{qualname}"
