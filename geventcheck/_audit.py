@@ -56,6 +56,7 @@ def run_audit(plan: AuditPlan, callbacks: Callbacks | None = None) -> tuple[Repo
         tool_version=_version.__version__,
         created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         app=plan.app, settings=plan.settings, environment=result.environment,
-        tasks=tuple(judge(rec, plan.settings.warn_ms, by_endpoint) for rec in result.tasks),
+        tasks=tuple(judge(rec, plan.settings.warn_ms, by_endpoint,
+                                 threshold_ms=plan.settings.threshold_ms) for rec in result.tasks),
     )
     return report, result.notes

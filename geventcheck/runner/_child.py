@@ -7,6 +7,7 @@ it never decides verdicts (the parent does).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import faulthandler
 import json
@@ -32,6 +33,8 @@ from . import _appload
 from ._channel import ChildChannel
 
 CONFIG_ENV = "GEVENTCHECK_CHILD"
+# Solo runs added when an error-level stall showed up in one measured run only.
+_CONFIRM_RUNS = 2
 _FAILED = object()
 _REAL_EXIT = os._exit
 
@@ -83,6 +86,7 @@ class TaskRunner:
         """One run through Celery's own local execution path (signals, request context)."""
         outcome["call"] = call.get("index")
         wall0, cpu0, queued0 = time.perf_counter(), time.thread_time(), _queued_ms()
+        held0 = self.monitor.held_s
         try:
             result = task.apply(args=call["args"], kwargs=call["kwargs"], throw=False)
         except SystemExit as exc:
@@ -94,6 +98,7 @@ class TaskRunner:
             outcome["wall_ms"] = (time.perf_counter() - wall0) * 1000
             outcome["cpu_ms"] = (time.thread_time() - cpu0) * 1000
             outcome["queued_ms"] = _queued_ms() - queued0
+            outcome["overhead_ms"] = (self.monitor.held_s - held0) * 1000
         if result.failed():
             error = result.result
             outcome["error"] = f"{type(error).__name__}: {error}"
@@ -156,11 +161,10 @@ class TaskRunner:
         return out
 
     def run(self, info: _appload.TaskInfo, calls: list[dict[str, Any]]) -> None:
-        """Warm-up with the first call, solo runs and concurrent copies taking turns."""
+        """Warm-up with the first call, solo runs and concurrent copies taking turns, then
+        confirmation runs for any error-level stall that only one run showed."""
         task = self.app.tasks[info.name]
         cfg = self.cfg
-        self.monitor.prime([sys.modules[type(task).__module__].__file__ or ""]
-                           if type(task).__module__ in sys.modules else [])
 
         def turn(i: int) -> dict[str, Any]:
             return {**calls[i % len(calls)], "index": i % len(calls)}
@@ -170,35 +174,53 @@ class TaskRunner:
         plan += [("concurrent", [turn(i) for i in range(cfg["concurrency"])])]
         solo: list[dict[str, Any]] = []
         concurrent: list[dict[str, Any]] = []
-        for phase, phase_calls in plan:
-            self.monitor.take_stalls()
-            started = time.perf_counter()
-            outcomes, finished = self._phase(task, phase, phase_calls)
-            wall_ms = (time.perf_counter() - started) * 1000
-            stalls = self.monitor.take_stalls()
-            self.monitor.phase = "idle"
-            findings = _stalls.stall_findings(
-                stalls, threshold_s=cfg["threshold_ms"] / 1000,
-                app_roots=self.roots, blocking_drivers=self._blocking_drivers())
-            # App files seen stalling get parsed now, between runs, for naming calls later.
-            seen = {f.file for st in stalls for sample in st.evidence.samples for f in sample.stack}
-            self.monitor.prime(f for f in seen if is_audited_file(f, self.roots))
-            findings += self._outcome_findings(outcomes, phase)
-            findings += _egress_findings(self.guard.take_attempts(), phase)
-            self._send_findings(
-                info.name, phase, _stalls.merge(findings), wall_ms=wall_ms,
-                runs=[{k: o.get(k) for k in ("wall_ms", "cpu_ms", "queued_ms", "error")}
-                      for o in outcomes],
-            )
+        seen_in: dict[tuple[object, ...], set[int]] = {}
+        run = 0
+        while plan:
+            phase, phase_calls = plan.pop(0)
+            outcomes, finished = self._measured_phase(info, task, phase, phase_calls, run=run,
+                                                      seen_in=seen_in)
+            run += 1
             if not finished:
                 return
             if phase == "solo":
                 solo.extend(outcomes)
-            concurrent = outcomes
+            if phase == "concurrent":
+                concurrent = outcomes
+                # An error-level stall seen in one run only: look again before judging it.
+                if any(len(runs) == 1 for runs in seen_in.values()):
+                    plan += [("solo", [turn(i)]) for i in range(_CONFIRM_RUNS)]
         copies = [turn(i) for i in range(cfg["concurrency"])]
         # Before the probe run, so state the extra runs leave behind is caught by its probes.
         explored = [] if first_divergence(solo, concurrent) else self._explore(task, copies, solo)
         self._probe(info, task, copies, solo, explored)
+
+    def _measured_phase(self, info: _appload.TaskInfo, task: Any, phase: str,
+                        calls: list[dict[str, Any]], *, run: int,
+                        seen_in: dict[tuple[object, ...], set[int]],
+                        ) -> tuple[list[dict[str, Any]], bool]:
+        cfg = self.cfg
+        # the audit's own garbage is collected here, not inside the task's run
+        self.monitor.settle()
+        started = time.perf_counter()
+        outcomes, finished = self._phase(task, phase, calls)
+        wall_ms = (time.perf_counter() - started) * 1000
+        stalls = self.monitor.take_stalls()
+        self.monitor.phase = "idle"
+        findings = _stalls.stall_findings(
+            stalls, threshold_s=cfg["threshold_ms"] / 1000, warn_s=cfg["warn_ms"] / 1000,
+            app_roots=self.roots, blocking_drivers=self._blocking_drivers(), run=run)
+        for f in findings:
+            if f.severity == "error" and f.cause is None and phase != "warm-up":
+                seen_in.setdefault(_stalls.merge_key(f), set()).add(run)
+        findings += self._outcome_findings(outcomes, phase)
+        findings += _egress_findings(self.guard.take_attempts(), phase)
+        self._send_findings(
+            info.name, phase, _stalls.merge(findings), wall_ms=wall_ms, run=run,
+            runs=[{k: o.get(k) for k in ("wall_ms", "cpu_ms", "queued_ms", "overhead_ms", "error")}
+                  for o in outcomes],
+        )
+        return outcomes, finished
 
     def _guarded(self, probe: Any, step: str, *args: Any) -> Any:
         """A probe that fails must cost its own findings, not the audit."""
@@ -362,12 +384,16 @@ def main(before_patch: frozenset[str]) -> None:
 
     roots = _appload.app_roots(app)
 
-    def on_deadlock(age: float, evidence: _hub.Evidence) -> None:
+    def on_deadlock(age: float, evidence: _hub.Evidence, spinning: bool) -> None:
         stack = evidence.stack
         top = _stalls.audited_frame(stack, roots)
         last = evidence.samples[-1].syscall if evidence.samples else None
-        chan.send("deadlock", age_s=age, syscall=evidence.syscall,
-                  callee=evidence.callees.get((top.file, top.line)) if top else None,
+        callee = None
+        if top is not None:
+            with contextlib.suppress(Exception):
+                callee = _stalls.callee_of(stack, top)
+        chan.send("deadlock", age_s=age, syscall=evidence.syscall, spinning=spinning,
+                  callee=callee,
                   endpoint=evidence.peers.get(last.fd) if last and last.fd is not None else None,
                   file=top.file if top else None,
                   line=top.line if top else None, function=top.function if top else None,
@@ -376,6 +402,7 @@ def main(before_patch: frozenset[str]) -> None:
     monitor = _hub.HubMonitor(
         cfg["warn_ms"] / 1000, deadlock_s=cfg["task_timeout"],
         on_deadlock=on_deadlock, on_heartbeat=lambda: chan.send("heartbeat"),
+        on_note=lambda message: chan.send("note", message=message),
         is_app_file=lambda path: is_audited_file(path, roots),
     )
     monitor.start()

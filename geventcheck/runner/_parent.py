@@ -116,6 +116,7 @@ class _Child:
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd=cwd,
         )
         os.close(write_fd)
+        self.log_path: str | None = getattr(log, "name", None)
         self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, args=(read_fd,), daemon=True)
         self._reader.start()
@@ -132,6 +133,34 @@ class _Child:
             self.proc.send_signal(signal.SIGUSR1)
         time.sleep(_DUMP_GRACE_S)
         return self.read_crashlog()
+
+    def mark_output(self) -> None:
+        """A task starts: only what the child writes from now on is that task's output."""
+        try:
+            self._output_from = os.path.getsize(self.log_path) if self.log_path else 0
+        except OSError:
+            self._output_from = 0
+
+    def log_tail(self, lines: int = 20) -> list[str]:
+        """The last lines the child wrote to its stdout and stderr since the task started."""
+        if not self.log_path:
+            return []
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(getattr(self, "_output_from", 0))
+                text = fh.read().decode(errors="replace")
+        except OSError:
+            return []
+        return [line.rstrip() for line in text.splitlines() if line.strip()][-lines:]
+
+    def main_thread_activity(self) -> str | None:
+        """``running`` when the child's main thread is on a CPU, else the syscall number it
+        sits in (read from /proc, no help from the child needed)."""
+        try:
+            with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/syscall") as fh:
+                return fh.read().split()[0]
+        except (OSError, IndexError):
+            return None
 
     def read_crashlog(self) -> list[str]:
         try:
@@ -264,6 +293,7 @@ class Auditor:
                 current.window = (at, at)
                 last_progress = now
                 exit_stack = []
+                child.mark_output()
                 self.callbacks.on_task_start(current)
             elif kind == "phase" and current is not None:
                 last_progress = now
@@ -340,6 +370,11 @@ class Auditor:
         self.callbacks.on_task_done(rec)
 
     def _deadlock(self, rec: TaskRecord, event: dict[str, Any]) -> None:
+        if event.get("spinning"):
+            self._spun_out(rec, event["age_s"],
+                           (event.get("file"), event.get("line"), event.get("function")),
+                           list(event.get("stacks", [])))
+            return
         wait = event.get("syscall")
         blamed = " ".join(x for x in (event.get("callee"), f"({wait})" if wait else None) if x)
         file = event.get("file")
@@ -356,9 +391,26 @@ class Auditor:
             fix="use gevent.lock / gevent.queue (or no lock) instead of threading or "
                 "multiprocessing primitives shared between greenlets"))
 
+    def _spun_out(self, rec: TaskRecord, age: float, where: tuple[Any, Any, Any],
+                  stack: list[str], *, native: bool = False) -> None:
+        """CPU work that never ended is not a deadlock: nothing waits, it computes."""
+        file, line, func = where
+        self._finish_abnormally(rec, Finding(
+            "cpu-bound", "error",
+            f"ran on the CPU for {age:.0f} s without yielding to the hub and had not finished "
+            + ("(in native code that kept the GIL) " if native else "")
+            + "when the audit stopped it (--task-timeout): every task in a gevent worker "
+            "would hang behind it", file=relative(file) if file else None, line=line,
+            function=func, stack=tuple(stack), duration_ms=age * 1000,
+            fix="route this task to a prefork queue, and check the loop that never ends"))
+
     def _unresponsive(self, rec: TaskRecord, child: _Child, silent: float) -> None:
+        activity = child.main_thread_activity()
         stack = child.dump_stacks()
         file, line, func = _last_location(stack)
+        if activity == "running":
+            self._spun_out(rec, silent, (file, line, func), stack, native=True)
+            return
         self._finish_abnormally(rec, Finding(
             "deadlock", "error",
             f"the audit process stopped answering for {silent:.0f} s: the hub and even the "
@@ -379,16 +431,27 @@ class Auditor:
     def _crash(self, rec: TaskRecord, child: _Child, exit_stack: list[str]) -> None:
         how = _describe_exit(child.proc.returncode)
         stack = exit_stack or child.read_crashlog()
+        tail = child.log_tail()
+        output = f'; its last output: "{tail[-1][:200]}"' if tail else ""
         if exit_stack:
             file, line, func = _location_in_traceback(exit_stack)
             how += " (os._exit)"
         else:
             file, line, func = _last_location(stack)
+        if not exit_stack and _crashed_in_geventcheck(stack):
+            self._finish_abnormally(rec, Finding(
+                "crash", "warning",
+                f"geventcheck itself failed: the audit process {how} in geventcheck's own "
+                f"code while this task ran, so the task was not certified{output}. Please "
+                "report this as a geventcheck bug, with this stack",
+                stack=tuple([*stack, "-- output --", *tail]), cause="geventcheck",
+                fix="audit this task again; the stack above belongs in a bug report"))
+            return
         self._finish_abnormally(rec, Finding(
             "crash", "error",
             f"the worker process {how} while running this task; on a gevent worker every "
-            "task running beside it dies too",
-            file=file, line=line, function=func, stack=tuple(stack),
+            f"task running beside it dies too{output}",
+            file=file, line=line, function=func, stack=tuple([*stack, "-- output --", *tail]),
             fix="never call os._exit or sys.exit in a task; a native crash needs the "
                 "library fixed or the task moved to a prefork queue"))
 
@@ -398,6 +461,26 @@ class Auditor:
         detail = tail[-1] if tail else ""
         return (f"the audit process {_describe_exit(child.proc.returncode)} while loading "
                 f"{self.app!r}" + (f": {detail}" if detail else ""))
+
+
+def _crashed_in_geventcheck(dump: list[str]) -> bool:
+    """The thread that faulted (faulthandler's "Current thread") was in geventcheck's own
+    code: its innermost frame outside the standard library is ours."""
+    from .._paths import caller_is_own
+    from ..detectors._stacks import FrameInfo
+
+    frames: list[FrameInfo] = []
+    in_current = False
+    for line in dump:
+        if line.startswith(("Current thread", "Thread ")):
+            if in_current:
+                break
+            in_current = line.startswith("Current thread")
+            continue
+        match = _FAULT_FRAME.search(line)
+        if in_current and match:
+            frames.append(FrameInfo(match["file"], int(match["line"]), match["func"]))
+    return bool(frames) and caller_is_own(frames)
 
 
 _TB_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)')
