@@ -390,10 +390,14 @@ class HubMonitor:
 
         def helper() -> None:
             try:
-                for _ in range(16):
+                # until a few words are seen: on a busy machine one round may see none
+                deadline = time.perf_counter() + 0.5
+                attempts = 0
+                while (len(words) < 4 or attempts < 16) and time.perf_counter() < deadline:
+                    attempts += 1
                     _sleep(0.0005)
-                    deadline = time.perf_counter() + 0.0003
-                    while time.perf_counter() < deadline:
+                    spin_until = time.perf_counter() + 0.0003
+                    while time.perf_counter() < spin_until:
                         pass
                     sample = reader.read()
                     if sample.name == "futex" and sample.uaddr is not None:

@@ -89,8 +89,11 @@ def callee_of(stack: tuple[FrameInfo, ...], where: FrameInfo | None) -> str | No
 
 def _is_cpu_work(stall: Stall, syscall: str | None) -> bool:
     """Samples that find the thread running (or wanting the GIL) are CPU work whatever the
-    CPU clock says: a VM's stolen time is in neither clock. Without samples, the CPU clock
-    decides."""
+    CPU clock says: a VM's stolen time is in neither clock. A futex wait that burned the
+    CPU meanwhile was a hand-over of the GIL, not a lock: a lock wait burns nothing.
+    Without samples, the CPU clock decides."""
+    if syscall == "futex" and stall.cpu_ratio >= CPU_RATIO:
+        return True
     if syscall is not None and syscall != "unknown":
         return syscall == "running"
     return stall.cpu_ratio >= CPU_RATIO
