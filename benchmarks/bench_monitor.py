@@ -44,10 +44,14 @@ from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES_MS = (5, 10, 20, 50, 100, 200)
-KINDS = ("busy", "native")
+KINDS = ("busy", "native", "gil-wait", "gil-busy", "gc")
 HUB_SIZES_MS = (50,)  # busy stalls run by the hub itself (a blind spot, shown apart)
 KIND_TITLES = {"busy": "pure-Python busy loop (holds the GIL)",
-               "native": "native libc usleep via ctypes (releases the GIL)"}
+               "native": "native libc usleep via ctypes (releases the GIL)",
+               "gil-wait": "native usleep through ctypes.PyDLL (keeps the GIL while it waits)",
+               "gil-busy": "native computation that keeps the GIL (sum over a range)",
+               "gc": "a garbage collection inside a cooperative greenlet (must be named "
+                     "as one)"}
 RESULT_MARK = "@@BENCH-RESULT@@ "
 GC_WARN_S = 0.005
 MONITORS = (
@@ -79,7 +83,8 @@ def _evidence_view(stall: Any) -> dict[str, Any]:
     try:  # what the report would say about it
         from geventcheck.detectors._stalls import stall_findings
 
-        found = stall_findings([stall], threshold_s=0.05)
+        found = stall_findings([stall], threshold_s=0.05, warn_s=0.005)
+        out["finding_cause"] = found[0].cause if found else None
         out["finding_kind"] = found[0].kind if found else None
         out["finding_native"] = found[0].native if found else None
         out["finding"] = found[0].message if found else None
@@ -104,6 +109,20 @@ def child_recall(p: dict[str, Any]) -> None:
     libc = ctypes.CDLL(None)  # CDLL: the GIL is released during the call
     usleep = libc.usleep
     usleep.argtypes = [ctypes.c_uint]
+    gil_usleep = ctypes.PyDLL(None).usleep  # PyDLL: the GIL stays held during the call
+    gil_usleep.argtypes = [ctypes.c_uint]
+    import gc as _gc
+
+    t_sum = perf()
+    sum(range(2_000_000))
+    sum_per_ms = 2_000_000 / max((perf() - t_sum) * 1000, 0.001)
+    t_gc = perf()
+    _junk = [[] for _ in range(100_000)]
+    for _node in _junk:
+        _node.append(_node)
+    del _junk
+    _gc.collect()
+    cycles_per_ms = 100_000 / max((perf() - t_gc) * 1000, 0.001)
 
     sid_of: dict[Any, int] = {}        # stalling greenlet -> stall id
     gevent_hits: list[Any] = []        # gevent monitor: one entry per report
@@ -129,11 +148,26 @@ def child_recall(p: dict[str, Any]) -> None:
         monitor.start()
 
     def stall(kind: str, ms: float, actual: list[float]) -> None:
+        junk: list[Any] = []
+        if kind == "gc":  # garbage made cooperatively, then one collection
+            for i in range(int(ms * cycles_per_ms)):
+                node: list[Any] = []
+                node.append(node)
+                junk.append(node)
+                if i % 2000 == 0:
+                    gevent.sleep(0)
+            junk = []
         t0 = perf()
         if kind == "busy":
             deadline = t0 + ms / 1000
             while perf() < deadline:
                 pass
+        elif kind == "gil-wait":
+            gil_usleep(int(ms * 1000))
+        elif kind == "gil-busy":
+            sum(range(int(ms * sum_per_ms)))
+        elif kind == "gc":
+            _gc.collect()
         else:
             usleep(int(ms * 1000))
         actual.append(perf() - t0)
@@ -567,6 +601,7 @@ def bench_recall(args: argparse.Namespace) -> dict[str, Any]:
             errs = []
             cpu_share = []
             verdicts: Counter[str] = Counter()
+            said: Counter[str] = Counter()
             samples: Counter[str] = Counter()
             for i, s in enumerate(gc["injected"]):
                 d = gc["detected"].get(str(i))
@@ -574,17 +609,19 @@ def bench_recall(args: argparse.Namespace) -> dict[str, Any]:
                     errs.append((d["duration_s"] - s["actual_s"]) * 1000)
                     cpu_share.append(d["cpu_s"] / d["duration_s"])
                     verdicts[d["syscall"] or "none"] += 1
+                    said[d.get("finding_cause") or d.get("finding_kind") or "nothing"] += 1
                     samples.update(d["samples"])
             row.append(f"{statistics.median(errs):+.2f}" if errs else "-")
             row.append(f"{statistics.median(cpu_share):.2f}" if cpu_share else "-")
             row.append(" ".join(f"{k}:{n}" for k, n in verdicts.most_common()))
+            row.append(" ".join(f"{k}:{n}" for k, n in said.most_common()))
             total = sum(samples.values())
             row.append(" ".join(f"{k} {100 * n / total:.0f}%" for k, n in samples.most_common(2))
                        if total else "no samples")
             rows.append(row)
         print(table(["stall", *(lbl for _, lbl, _ in MONITORS), "gc/gv100", "gc/gv5",
-                     "gc dur err ms", "gc cpu share", "gc Evidence.syscall",
-                     "gc raw samples"], rows, "lrrrrrrrll"))
+                     "gc dur err ms", "gc cpu share", "gc Evidence.syscall", "finding says",
+                     "gc raw samples"], rows, "lrrrrrrrlll"))
     # What the findings say about pure-Python loops: cpu-bound, and never "native code".
     gc = results["geventcheck"]
     busy_caught = [gc["detected"][str(i)] for i, s in enumerate(gc["injected"])

@@ -20,8 +20,6 @@ SLEEP_MS = 200
 COPIES = 4
 # Serialised copies take at least COPIES x SLEEP_MS; allow 10 % for clock slop.
 SERIAL_MS = COPIES * SLEEP_MS * 0.9
-# Overlapping copies take about one SLEEP_MS (plus connecting); well below serial.
-OVERLAP_MS = 600
 
 # PyMySQL builds a fresh TLS context on every connect (about 20 ms of CPU here, more on a
 # busy machine), which the audit rightly reports as a cpu-bound warning. These tests are
@@ -108,7 +106,9 @@ def _assert_cooperative(task: dict[str, Any]) -> None:
     assert task["verdict"] == "go", task
     assert "unsafe-driver" not in {f["kind"] for f in task["findings"]}, task["findings"]
     assert not [f for f in task["findings"] if f["severity"] == "error"], task["findings"]
-    assert _concurrent_ms(task) < OVERLAP_MS, task["stats"]
+    # waited together: faster than one after another (the blocking case's bound), with
+    # room for connecting and a busy machine; the exact figure belongs in a benchmark
+    assert _concurrent_ms(task) < SERIAL_MS, task["stats"]
 
 
 # -- psycopg2 -----------------------------------------------------------------------------
@@ -123,7 +123,9 @@ def test_psycopg2_without_shim_blocks_the_hub(audit: Any) -> None:
     _assert_blocking_driver(task, "psycopg2", APPS / "drivers" / "pg2.py", PG_ENDPOINT)
     for finding in [f for f in _findings(task, "blocking-call") if f["severity"] == "error"]:
         assert "psycopg2" in f"{finding['native'] or ''} {finding['message']}", finding
-        assert "cursor.execute" in (finding["native"] or ""), finding
+        # the call as the app wrote it, and the native library it waited in
+        assert "cur.execute" in (finding["native"] or ""), finding
+        assert "libpq" in (finding["native"] or ""), finding
     # Measured: the four copies could not overlap, each held the hub for its whole query.
     assert _concurrent_ms(task) >= SERIAL_MS, task["stats"]
     psycopg2 = _driver(result, "psycopg2")

@@ -21,9 +21,10 @@ def cooperative_sleep():
 
 @app.task
 def cpu_loop():
-    deadline = time.perf_counter() + 0.12
+    # a fixed amount of work (about 150 ms of CPU here), not a fixed wall time: a busy
+    # machine must not change what the task does
     n = 0
-    while time.perf_counter() < deadline:
+    for _ in range(5_000_000):
         n += 1
     return n
 
@@ -114,3 +115,47 @@ def reserve_last_item(start_ms):
         STOCK["items"] += 1  # restock for the next order
         return "reserved"
     return "sold out"
+
+
+PYDLL = ctypes.PyDLL(None)  # calls through PyDLL keep the GIL
+
+
+@app.task
+def gil_held_native_wait():
+    PYDLL.usleep(150_000)  # the GIL-holding wait
+    return "slept holding the GIL"
+
+
+@app.task
+def gil_held_native_cpu():
+    import math
+
+    return math.factorial(90_000).bit_length()  # the GIL-holding computation
+
+
+@app.task
+def spins_forever():
+    n = 0
+    while True:  # the endless loop
+        n += 1
+
+
+@app.task
+def collects_garbage_cooperatively():
+    """A cooperative task that a big garbage collection lands in: not the task's stall."""
+    import gc
+
+    import gevent
+
+    junk = []
+    for i in range(500_000):
+        node: list = []
+        node.append(node)
+        junk.append(node)
+        if i % 5_000 == 0:
+            gevent.sleep(0)  # the allocation itself yields often
+    del junk, node
+    gevent.sleep(0.01)
+    gc.collect()  # the collection
+    gevent.sleep(0.01)
+    return "ok"
