@@ -536,6 +536,7 @@ def all_stacks() -> list[str]:
         reader.close()
     for obj in gc.get_objects():
         if isinstance(obj, greenlet.greenlet) and not obj.dead and obj.gr_frame is not None:
-            lines.append(f"greenlet {obj!r}:")
+            # no repr(): a Greenlet's repr formats its arguments, which is the app's code
+            lines.append(f"greenlet {type(obj).__name__} at {id(obj):#x}:")
             lines.extend("  " + line.rstrip() for line in traceback.format_stack(obj.gr_frame))
     return lines
