@@ -124,3 +124,67 @@ def test_examx_report_command_lines(tmp_path) -> None:
         [config] = [f for f in data["findings"] if f["kind"] == "pool-config"]
         assert (config["file"], config["line"]) == ("examx/celery.py", hardcoded)
         assert hardcoded == 35 and effect in config["message"]
+
+
+def run_doctor(app: str, *worker_args: str, env: dict[str, str] | None = None,
+               json_path: Path | None = None, timeout: float = 120) -> tuple[int, str, str]:
+    """``geventcheck doctor -A app [--json] -- worker_args`` as a user runs it, in tests/apps."""
+    cmd = [sys.executable, "-m", "geventcheck", "doctor", "-A", app]
+    if json_path is not None:
+        cmd += ["--json", str(json_path)]
+    proc = subprocess.run([*cmd, "--", *worker_args], cwd=APPS, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    return proc.returncode, " ".join(proc.stdout.split()), proc.stderr
+
+
+BACKEND_APPS = [
+    ("backends.redis_app", "RedisBackend (its own Redis connection pool, so a new connection "
+                           "per task)"),
+    ("backends.rpc_app", "RPCBackend (its own result consumer"),
+    ("backends.db_app", "DatabaseBackend (its own SQLAlchemy engine, so a new database "
+                        "connection per task)"),
+]
+
+
+@pytest.mark.parametrize(("app", "builds"), BACKEND_APPS, ids=["redis", "rpc", "db"])
+def test_doctor_names_the_per_greenlet_result_backend(tmp_path, app, builds) -> None:
+    """Any result backend: no traceback, exit 0 (a warning), the trap and its one-line fix."""
+    results = tmp_path / "results.sqlite"
+    code, out, err = run_doctor(app, "worker", "-P", "gevent", "-c", "20",
+                                env={"BACKENDS_DB": str(results)})
+    assert (code, err) == (0, ""), out + err
+    assert f"celery -A {app} worker -P gevent -c 20 pool: gevent patched: yes" in out
+    assert "warning result-backend result_backend_thread_safe is False (Celery's default): " \
+           f"on a gevent worker every task greenlet builds its own {builds}" in out
+    assert "fix: set result_backend_thread_safe = True in the Celery configuration" in out
+    assert not results.exists(), "the doctor reads the configuration, it opens no backend"
+
+
+def test_doctor_on_prefork_does_not_blame_the_result_backend() -> None:
+    code, out, err = run_doctor("backends.redis_app", "worker", "-c", "4")
+    assert (code, err) == (0, ""), out + err
+    assert "pool: prefork" in out and "result-backend" not in out
+
+
+def test_doctor_reads_django_style_namespaced_settings() -> None:
+    """CELERY_RESULT_BACKEND_THREAD_SAFE with namespace="CELERY" is what Celery reads."""
+    code, out, err = run_doctor("backends.djangostyle", "worker", "-P", "gevent", "-c", "20")
+    assert (code, err) == (0, ""), out + err
+    assert "result-backend" not in out
+    assert "broker_pool_limit is 4, below the concurrency 20" in out
+
+
+def test_doctor_reads_celery_3_setting_names() -> None:
+    code, out, err = run_doctor("backends.oldnames", "worker", "-P", "gevent", "-c", "20")
+    assert (code, err) == (0, ""), out + err
+    assert "broker_pool_limit is 4, below the concurrency 20" in out
+    assert "soft time limits are set, and the gevent pool ignores them silently" in out
+    assert "builds its own RedisBackend" in out
+
+
+def test_doctor_follows_the_result_backend_environment_variable() -> None:
+    """CELERY_RESULT_BACKEND in the environment beats the code, in Celery and so here."""
+    code, out, err = run_doctor("backends.redis_app", "worker", "-P", "gevent",
+                                env={"CELERY_RESULT_BACKEND": "disabled"})
+    assert (code, err) == (0, ""), out + err
+    assert "result-backend" not in out

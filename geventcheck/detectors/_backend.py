@@ -18,16 +18,17 @@ FIX = "set result_backend_thread_safe = True in the Celery configuration"
 MESSAGE = (
     "result_backend_thread_safe is False (Celery's default): on a gevent worker every "
     "task greenlet builds its own {backend} ({detail}), which adds milliseconds to every "
-    "task and opens a connection per task"
+    "task"
 )
+_REDIS = "its own Redis connection pool, so a new connection per task"
 _DETAIL = {
-    "redis": "its own Redis connection pool and a new connection",
-    "rediss": "its own Redis connection pool and a new TLS connection",
-    "sentinel": "its own Redis connection pool and a new connection",
-    "db": "its own SQLAlchemy session manager",
-    "rpc": "its own result consumer on the broker",
+    "redis": _REDIS,
+    "rediss": _REDIS,
+    "sentinel": _REDIS,
+    "db": "its own SQLAlchemy engine, so a new database connection per task",
+    "rpc": "its own result consumer and pending-results state",
 }
-_DEFAULT_DETAIL = "its own client and connections"
+_DEFAULT_DETAIL = "its own client for the result store"
 
 
 def setting(app: Any, name: str, default: Any = None) -> Any:
