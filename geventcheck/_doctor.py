@@ -273,8 +273,12 @@ def _gevent_traps(app: Any, worker_args: list[str], concurrency: int,
 
 
 def run_live(diagnosis: Diagnosis, *, timeout: float = 20.0) -> Diagnosis:
-    """Start the real worker with this command line, send it a probe task over the app's
-    broker and read what the running process says about itself."""
+    """Start the real worker with this command line on a private queue, send it a probe task
+    over the app's broker and read what the running process says about itself.
+
+    The worker consumes only ``geventcheck.doctor.<uuid>`` (see _doctorlive): the app's
+    queues and their messages are never read, and the queue is deleted afterwards.
+    """
     import dataclasses
     import json
     import signal
@@ -284,24 +288,40 @@ def run_live(diagnosis: Diagnosis, *, timeout: float = 20.0) -> Diagnosis:
 
     from celery.app.utils import find_app
 
+    from . import _doctorlive
+
     app = find_app(diagnosis.app)
-    with tempfile.TemporaryDirectory(prefix="geventcheck-live-") as tmp:
+    name = _doctorlive.new_queue_name()
+    ttl = timeout + 30.0  # outlives the wait; then the broker drops queue and probe itself
+    queue = _doctorlive.private_queue(name, ttl)
+    try:
+        connection = app.connection_for_write()
+        connection.ensure_connection(max_retries=1)
+        queue(connection.default_channel).declare()
+    except Exception as exc:
+        raise DoctorError(f"--live: cannot reach the app's broker: {exc}") from None
+    args = [*_doctorlive.private_worker_args(diagnosis.argv), "-Q", name,
+            "--without-heartbeat", "--without-mingle", "--without-gossip",
+            "-n", f"geventcheck-live-{os.getpid()}@%h"]
+    live: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="geventcheck-live-") as tmp, connection:
         answer = os.path.join(tmp, "answer.json")
         log_path = os.path.join(tmp, "worker.log")
-        env = {**os.environ, "GEVENTCHECK_TARGET_APP": diagnosis.app,
-               "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+        env = {k: v for k, v in os.environ.items()
+               if k not in _doctorlive.dropped_environment()}
+        env |= {"GEVENTCHECK_TARGET_APP": diagnosis.app, _doctorlive.QUEUE_ENV: name,
+                _doctorlive.TTL_ENV: str(ttl),
+                "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
         with open(log_path, "wb") as log:
             worker = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "geventcheck._liveprobe",
-                 *diagnosis.argv, "--without-heartbeat", "--without-mingle",
-                 "--without-gossip", "-n", f"geventcheck-live-{os.getpid()}@%h"],
+                [sys.executable, "-m", "celery", "-A", "geventcheck._liveprobe", *args],
                 env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
-        live: dict[str, Any] = {}
         try:
             try:
-                app.send_task("geventcheck.live_probe", args=[answer],
-                              queue=diagnosis.queues[0])
+                app.send_task("geventcheck.live_probe", args=[answer], queue=queue,
+                              exchange=queue.exchange, routing_key=name, declare=[queue],
+                              expires=ttl, ignore_result=True, connection=connection)
             except Exception as exc:
                 raise DoctorError(f"--live: cannot reach the app's broker: {exc}") from None
             deadline = time.monotonic() + timeout
@@ -325,6 +345,12 @@ def run_live(diagnosis: Diagnosis, *, timeout: float = 20.0) -> Diagnosis:
                 except subprocess.TimeoutExpired:
                     os.killpg(worker.pid, signal.SIGKILL)
                     worker.wait()
+            try:
+                _doctorlive.clean_up(connection, queue)
+                live["queue"] = f"{name} (deleted)"
+            except Exception as exc:  # the answer stands; say what may be left behind
+                live["queue"] = f"{name} (not deleted: {exc}; the broker drops it after " \
+                                f"{ttl:g} s unused)"
     findings = list(diagnosis.findings)
     if live.get("ran_probe") and live.get("patched") != diagnosis.patched:
         findings.append(Finding(

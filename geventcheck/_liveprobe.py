@@ -1,7 +1,9 @@
 """The app the doctor's --live worker runs: the user's app plus one probe task.
 
 Loaded by ``celery -A geventcheck._liveprobe worker ...``. The argv scan that
-decides patching sees the user's worker arguments unchanged.
+decides patching sees the user's worker arguments unchanged. The worker knows one
+queue only, the doctor's private one, and neither answers remote control nor sends
+events: nothing it does reaches the app's own queues.
 """
 
 from __future__ import annotations
@@ -13,10 +15,16 @@ from typing import Any
 
 from celery.app.utils import find_app
 
+from ._doctorlive import QUEUE_ENV, TTL_ENV, private_queue
+
 app: Any = find_app(os.environ["GEVENTCHECK_TARGET_APP"])
+app.conf.task_queues = (private_queue(os.environ[QUEUE_ENV], float(os.environ[TTL_ENV])),)
+app.conf.worker_enable_remote_control = False  # no pidbox queue on the app's broker
+app.conf.worker_send_task_events = False
+app.amqp.__dict__.pop("queues", None)  # in case the app already read its own task_queues
 
 
-@app.task(name="geventcheck.live_probe")  # type: ignore[untyped-decorator]
+@app.task(name="geventcheck.live_probe", ignore_result=True)  # type: ignore[untyped-decorator]
 def live_probe(path: str) -> None:
     """Say, from inside the running worker, how it really runs tasks."""
     monkey = sys.modules.get("gevent.monkey")

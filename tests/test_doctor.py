@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -127,11 +128,11 @@ def test_examx_report_command_lines(tmp_path) -> None:
 
 
 def run_doctor(app: str, *worker_args: str, env: dict[str, str] | None = None,
-               json_path: Path | None = None, timeout: float = 120) -> tuple[int, str, str]:
-    """``geventcheck doctor -A app [--json] -- worker_args`` as a user runs it, in tests/apps."""
-    cmd = [sys.executable, "-m", "geventcheck", "doctor", "-A", app]
-    if json_path is not None:
-        cmd += ["--json", str(json_path)]
+               options: tuple[str, ...] = (), timeout: float = 120) -> tuple[int, str, str]:
+    """``geventcheck doctor -A app [options] -- worker_args`` as a user runs it, in tests/apps.
+
+    Returns the exit code, stdout with its wrapping undone, and stderr."""
+    cmd = [sys.executable, "-m", "geventcheck", "doctor", "-A", app, *options]
     proc = subprocess.run([*cmd, "--", *worker_args], cwd=APPS, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
     return proc.returncode, " ".join(proc.stdout.split()), proc.stderr
@@ -188,3 +189,72 @@ def test_doctor_follows_the_result_backend_environment_variable() -> None:
                                 env={"CELERY_RESULT_BACKEND": "disabled"})
     assert (code, err) == (0, ""), out + err
     assert "result-backend" not in out
+
+
+LIVE_BROKERS = [
+    ("redis", "redis://127.0.0.1:6379/12", "redis://127.0.0.1:6379/12"),
+    ("rabbitmq", "amqp://guest:guest@127.0.0.1:5672//", "rpc://"),
+]
+
+
+def _leftovers_of(broker: str, private: str) -> list[str]:
+    """Anything the broker still holds under the doctor's private queue name."""
+    from kombu import Connection
+
+    if broker.startswith("redis"):
+        import redis
+
+        client = redis.Redis.from_url(broker)
+        left = [k.decode() for k in client.keys("*") if private.encode() in k]
+        left += [f"unacked: {v!r}" for v in client.hvals("unacked") if private.encode() in v]
+        left += [f"binding deadline: {m!r}"
+                 for m in client.zrange("_kombu.binding_deadlines", 0, -1)
+                 if private.encode() in m]
+        return left
+    from amqp.exceptions import NotFound
+
+    with Connection(broker) as conn:
+        try:
+            conn.channel().queue_declare(private, passive=True)
+        except NotFound:
+            return []
+        return [f"queue {private}"]
+
+
+@pytest.mark.parametrize(("service", "broker", "backend"), LIVE_BROKERS,
+                         ids=["redis", "rabbitmq"])
+@pytest.mark.parametrize("pool_args", [("-P", "gevent"), ("-Pgevent",)],
+                         ids=["patched", "unpatched"])
+def test_live_never_touches_the_apps_queue(service, broker, backend, pool_args) -> None:
+    """A message waiting in the app's queue (named on the worker's -Q) is still there after
+    --live, and nothing of the doctor's private queue or its probe is left in the broker."""
+    from kombu import Connection, Exchange, Queue
+
+    require_service(service)
+    name = f"geventcheck-test.{uuid.uuid4().hex}"
+    app_queue = Queue(name, Exchange(name), routing_key=name)  # as Celery declares its queues
+    with Connection(broker) as conn:
+        conn.Producer().publish({"keep": "me"}, exchange=app_queue.exchange, routing_key=name,
+                                declare=[app_queue], serializer="json")
+    patched = pool_args == ("-P", "gevent")
+    try:
+        code, out, err = run_doctor(
+            "backends.liveapp", "worker", *pool_args, "-c", "2", "-Q", name, "--purge",
+            options=("--live", "--live-timeout", "30" if patched else "6"),
+            env={"LIVEAPP_BROKER": broker, "LIVEAPP_BACKEND": backend,
+                 "LIVEAPP_QUEUE": "default"})
+        assert (code, err) == ((0, "") if patched else (1, "")), out + err
+        assert ("ran_probe=True" in out) == patched, out
+        assert f"queues: {name}" in out
+        [private] = [w for w in out.split() if w.startswith("queue=geventcheck.doctor.")]
+        private = private.removeprefix("queue=")
+        assert f"queue={private} (deleted)" in out
+        assert _leftovers_of(broker, private) == []
+        with Connection(broker) as conn:
+            bound = app_queue(conn.default_channel)
+            kept = bound.get(no_ack=True)
+            assert kept is not None and kept.payload == {"keep": "me"}, "--live took it"
+            assert bound.get(no_ack=True) is None, "--live put something in the app's queue"
+    finally:
+        with Connection(broker) as conn:
+            app_queue(conn.default_channel).delete()
