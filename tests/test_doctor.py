@@ -258,3 +258,19 @@ def test_live_never_touches_the_apps_queue(service, broker, backend, pool_args) 
     finally:
         with Connection(broker) as conn:
             app_queue(conn.default_channel).delete()
+
+
+def test_live_without_a_reachable_broker_is_one_line_and_exit_2() -> None:
+    import socket
+
+    with socket.socket() as sock:  # a loopback port nothing listens on once it is closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    broker = f"redis://127.0.0.1:{port}/0"
+    code, out, err = run_doctor("backends.liveapp", "worker", "-P", "gevent",
+                                options=("--live",),
+                                env={"LIVEAPP_BROKER": broker, "LIVEAPP_BACKEND": broker,
+                                     "LIVEAPP_QUEUE": "default"})
+    assert (code, out) == (2, ""), out + err
+    assert err.startswith("geventcheck: error: --live: cannot reach the app's broker")
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
