@@ -274,3 +274,21 @@ def test_live_without_a_reachable_broker_is_one_line_and_exit_2() -> None:
     assert (code, out) == (2, ""), out + err
     assert err.startswith("geventcheck: error: --live: cannot reach the app's broker")
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("given", "kept"), [
+    ("worker -P gevent -c 80 -Q io", "worker -P gevent -c 80"),
+    ("worker -Pgevent -Qio,default --purge -B -E", "worker -Pgevent"),
+    ("worker --pool=gevent --queues=io --queues io -X bulk -BE -c4", "worker --pool=gevent -c4"),
+    ("worker -BEQ io -P gevent", "worker -P gevent"),
+    ("worker -EB -l info -n w1@%h --pidfile /run/w.pid -f /var/log/w --statedb=/tmp/s "
+     "-s schedule --scheduler x", "worker -l info"),
+    ("worker -O fair --autoscale 10,3 --discard -D --events --time-limit 30",
+     "worker -O fair --autoscale 10,3 --time-limit 30"),
+])
+def test_live_worker_gets_no_option_that_reaches_the_apps_queues(given, kept) -> None:
+    """Queues, purge, beat, events and the deployment's files are left out; the pool
+    option stays exactly as written, since Celery's patching scan reads it raw."""
+    from geventcheck._doctorlive import private_worker_args
+
+    assert " ".join(private_worker_args(given.split())) == kept
