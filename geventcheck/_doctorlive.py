@@ -73,16 +73,14 @@ def private_worker_args(worker_args: list[str] | tuple[str, ...]) -> list[str]:
         token = args[i]
         i += 1
         if token.startswith("--") and token != "--":
-            name, _, attached = token.partition("=")
+            name, equals, _ = token.partition("=")
             param, flag = long.get(name, ("", True))
-            if param in _DROPPED:
-                if not flag and not attached and "=" not in token:
-                    i += 1  # its value is the next token
-                continue
-            out.append(token)
-            if not flag and "=" not in token and i < len(args):
-                out.append(args[i])
-                i += 1
+            value_follows = not flag and not equals
+            if param not in _DROPPED:
+                out.append(token)
+                if value_follows and i < len(args):
+                    out.append(args[i])
+            i += 1 if value_follows else 0
         elif token.startswith("-") and len(token) > 1:
             letters, kept, takes_next, dropped = token[1:], "", False, False
             for pos, letter in enumerate(letters):

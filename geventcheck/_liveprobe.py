@@ -21,6 +21,7 @@ app: Any = find_app(os.environ["GEVENTCHECK_TARGET_APP"])
 app.conf.task_queues = (private_queue(os.environ[QUEUE_ENV], float(os.environ[TTL_ENV])),)
 app.conf.worker_enable_remote_control = False  # no pidbox queue on the app's broker
 app.conf.worker_send_task_events = False
+app.conf.worker_direct = False  # no <hostname>.dq2 queue either
 app.amqp.__dict__.pop("queues", None)  # in case the app already read its own task_queues
 
 

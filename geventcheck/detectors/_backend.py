@@ -63,7 +63,8 @@ def backend_name(app: Any) -> tuple[str | None, str] | None:
     alias = spec.partition("://")[0].partition("+")[0] if "://" in spec else spec
     if alias.lower() == "disabled":
         return None
-    target = BACKEND_ALIASES.get(alias.lower(), spec)
+    # "module:Class" as given, or an alias; an unknown URL scheme is named as written
+    target = BACKEND_ALIASES.get(alias.lower()) or (f"{alias} backend" if "://" in spec else spec)
     return alias.lower(), target.rpartition(":")[2].rpartition(".")[2] or target
 
 
