@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from celery.app.utils import find_app
+from celery.backends.base import DisabledBackend
 
 from ._doctorlive import QUEUE_ENV, TTL_ENV, private_queue
 
@@ -25,7 +26,14 @@ app.conf.worker_direct = False  # no <hostname>.dq2 queue either
 app.amqp.__dict__.pop("queues", None)  # in case the app already read its own task_queues
 
 
-@app.task(name="geventcheck.live_probe", ignore_result=True)  # type: ignore[untyped-decorator]
+class _ProbeTask(app.Task):  # type: ignore[misc]
+    """Stores no result, and builds no result backend of the app's in its greenlet."""
+
+    _backend = DisabledBackend(app=app)
+
+
+@app.task(name="geventcheck.live_probe", ignore_result=True,  # type: ignore[untyped-decorator]
+          base=_ProbeTask)
 def live_probe(path: str) -> None:
     """Say, from inside the running worker, how it really runs tasks."""
     monkey = sys.modules.get("gevent.monkey")

@@ -250,6 +250,11 @@ def test_live_never_touches_the_apps_queue(service, broker, backend, pool_args) 
         private = private.removeprefix("queue=")
         assert f"queue={private} (deleted)" in out
         assert _leftovers_of(broker, private) == []
+        if backend.startswith("redis"):
+            import redis
+
+            assert redis.Redis.from_url(backend).keys("celery-task-meta-*") == [], \
+                "the probe stored a result in the app's result backend"
         with Connection(broker) as conn:
             bound = app_queue(conn.default_channel)
             kept = bound.get(no_ack=True)
@@ -292,3 +297,20 @@ def test_live_worker_gets_no_option_that_reaches_the_apps_queues(given, kept) ->
     from geventcheck._doctorlive import private_worker_args
 
     assert " ".join(private_worker_args(given.split())) == kept
+
+
+def test_live_with_a_database_backend_stores_no_result(tmp_path) -> None:
+    """The worker's start-up builds the app's backend (Celery creates its tables), but the
+    probe writes no row in it."""
+    import sqlite3
+    from contextlib import closing
+
+    require_service("redis")
+    results = tmp_path / "results.sqlite"
+    code, out, err = run_doctor("backends.db_app", "worker", "-P", "gevent", "-c", "2",
+                                options=("--live", "--live-timeout", "30"),
+                                env={"BACKENDS_DB": str(results)})
+    assert (code, err) == (0, ""), out + err
+    assert "ran_probe=True" in out and "(deleted)" in out, out
+    with closing(sqlite3.connect(results)) as db:
+        assert db.execute("select count(*) from celery_taskmeta").fetchone() == (0,)
