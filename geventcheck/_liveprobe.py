@@ -23,6 +23,10 @@ app.conf.task_queues = (private_queue(os.environ[QUEUE_ENV], float(os.environ[TT
 app.conf.worker_enable_remote_control = False  # no pidbox queue on the app's broker
 app.conf.worker_send_task_events = False
 app.conf.worker_direct = False  # no <hostname>.dq2 queue either
+# On Redis every consumer puts back messages other workers took and never acknowledged
+# (after visibility_timeout): this one is not to publish into the app's queues at all.
+app.conf.broker_transport_options = {**(app.conf.broker_transport_options or {}),
+                                     "unacked_restore_limit": 0}
 app.amqp.__dict__.pop("queues", None)  # in case the app already read its own task_queues
 
 

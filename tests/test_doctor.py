@@ -314,3 +314,41 @@ def test_live_with_a_database_backend_stores_no_result(tmp_path) -> None:
     assert "ran_probe=True" in out and "(deleted)" in out, out
     with closing(sqlite3.connect(results)) as db:
         assert db.execute("select count(*) from celery_taskmeta").fetchone() == (0,)
+
+
+@pytest.mark.parametrize("pool", ["gevent", "prefork"])
+def test_live_on_redis_does_not_put_back_other_workers_unacked_messages(pool) -> None:
+    """Every Redis consumer re-queues messages another worker took over an hour ago and
+    never acknowledged; the doctor's worker must not, or it publishes into the app's queue."""
+    import time
+
+    import redis
+    from kombu import Connection, Exchange, Queue
+
+    require_service("redis")
+    broker = "redis://127.0.0.1:6379/12"
+    client = redis.Redis.from_url(broker)
+    name = f"geventcheck-test.{uuid.uuid4().hex}"
+    app_queue = Queue(name, Exchange(name), routing_key=name)
+    with Connection(broker) as conn:
+        conn.Producer().publish({"taken": "by a worker that died"}, exchange=app_queue.exchange,
+                                routing_key=name, declare=[app_queue], serializer="json")
+    # what kombu's QoS records when a worker takes it, two hours ago (see QoS.append)
+    raw = client.rpop(name)
+    tag = f"geventcheck-test-{uuid.uuid4().hex}"
+    client.hset("unacked", tag, json.dumps([json.loads(raw), name, name]))
+    client.zadd("unacked_index", {tag: time.time() - 7200})
+    try:
+        code, out, err = run_doctor(
+            "backends.liveapp", "worker", "-P", pool, "-c", "2", "-Q", name,
+            options=("--live", "--live-timeout", "30"),
+            env={"LIVEAPP_BROKER": broker, "LIVEAPP_BACKEND": broker, "LIVEAPP_QUEUE": name})
+        assert (code, err) == (0, ""), out + err
+        assert "ran_probe=True" in out, out
+        assert client.llen(name) == 0, "--live put a message into the app's queue"
+        assert client.hexists("unacked", tag)
+    finally:
+        client.hdel("unacked", tag)
+        client.zrem("unacked_index", tag)
+        with Connection(broker) as conn:
+            app_queue(conn.default_channel).delete()
