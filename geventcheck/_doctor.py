@@ -18,6 +18,9 @@ from typing import Any
 
 from ._model import Finding
 from ._paths import relative
+from .detectors._backend import FIX as BACKEND_FIX
+from .detectors._backend import KIND as BACKEND_KIND
+from .detectors._backend import backend_problem, setting
 from .runner._appload import AppLoadError, load_tasks
 
 # Signals a gevent worker never sends: there is no child process.
@@ -148,9 +151,9 @@ def diagnose(app_spec: str, worker_args: list[str]) -> Diagnosis:
     pool = _pool_name(options["pool"])
     scanned = _argv_pool(argv)
     patched = scanned == "gevent"
-    concurrency = options.get("concurrency") or app.conf.worker_concurrency
-    prefetch = options.get("prefetch_multiplier") or app.conf.worker_prefetch_multiplier
-    queues = tuple(options.get("queues") or ()) or (app.conf.task_default_queue,)
+    concurrency = options.get("concurrency") or setting(app, "worker_concurrency")
+    prefetch = options.get("prefetch_multiplier") or setting(app, "worker_prefetch_multiplier")
+    queues = tuple(options.get("queues") or ()) or (setting(app, "task_default_queue"),)
     findings = _findings(app, worker_args, pool, patched=patched, scanned=scanned,
                          concurrency=int(concurrency or 0))
     return Diagnosis(app_spec, tuple(worker_args), pool, patched,
@@ -163,7 +166,7 @@ def _findings(app: Any, worker_args: list[str], pool: str, *, patched: bool,
     from celery import signals
 
     out: list[Finding] = []
-    conf_pool = app.conf.worker_pool
+    conf_pool = setting(app, "worker_pool")
     attached = [a for a in worker_args if a.startswith("-P") and len(a) > 2]
     env_pool = os.environ.get("CELERY_WORKER_POOL")
     # what the command line (or its environment) asks click for, before the config
@@ -223,7 +226,7 @@ def _gevent_traps(app: Any, worker_args: list[str], concurrency: int,
                 file=file, line=line,
                 fix="connect it to worker_init (sent once per worker process) or to "
                     "celeryd_init instead"))
-    soft = app.conf.task_soft_time_limit or any(
+    soft = setting(app, "task_soft_time_limit") or any(
         getattr(t, "soft_time_limit", None) for t in app.tasks.values())
     if soft:
         out.append(Finding(
@@ -231,7 +234,7 @@ def _gevent_traps(app: Any, worker_args: list[str], concurrency: int,
             "soft time limits are set, and the gevent pool ignores them silently",
             fix="enforce deadlines in the task (timeouts on every call), or keep these tasks "
                 "on prefork"))
-    hard = app.conf.task_time_limit or any(
+    hard = setting(app, "task_time_limit") or any(
         getattr(t, "time_limit", None) for t in app.tasks.values())
     if hard:
         out.append(Finding(
@@ -239,7 +242,8 @@ def _gevent_traps(app: Any, worker_args: list[str], concurrency: int,
             "hard time limits are set: on gevent they are a gevent.Timeout that fires only "
             "when the task yields, so a task blocked in C is never stopped",
             fix="fix blocking calls first (geventcheck audit), and give each call a timeout"))
-    per_child = app.conf.worker_max_tasks_per_child or app.conf.worker_max_memory_per_child or any(
+    per_child = (setting(app, "worker_max_tasks_per_child")
+                 or setting(app, "worker_max_memory_per_child")) or any(
         a.startswith(("--max-tasks-per-child", "--max-memory-per-child")) for a in worker_args)
     if per_child:
         out.append(Finding(
@@ -247,20 +251,16 @@ def _gevent_traps(app: Any, worker_args: list[str], concurrency: int,
             "max_tasks_per_child / max_memory_per_child do nothing on the gevent pool: "
             "there are no child processes to recycle",
             fix="restart the worker from outside (a supervisor) if it leaks memory"))
-    limit = app.conf.broker_pool_limit
+    limit = setting(app, "broker_pool_limit")
     if limit is not None and concurrency and limit < concurrency:
         out.append(Finding(
             "pool-limit", "warning",
             f"broker_pool_limit is {limit}, below the concurrency {concurrency}: tasks that "
             "publish other tasks wait for a broker connection",
             fix=f"set broker_pool_limit to at least {concurrency} (or None)"))
-    backend = str(app.conf.result_backend or "")
-    if backend.startswith(("redis", "rediss")) and not app.conf.result_backend_thread_safe:
-        out.append(Finding(
-            "result-backend", "info",
-            "result_backend_thread_safe is False: every task greenlet builds its own Redis "
-            "result backend and connection pool",
-            fix="set result_backend_thread_safe = True to share one"))
+    problem = backend_problem(app)
+    if problem:
+        out.append(Finding(BACKEND_KIND, "warning", problem, fix=BACKEND_FIX))
     for module in ("django.db", "psycopg", "psycopg2"):
         if module in sys.modules:
             out.append(Finding(
@@ -273,8 +273,12 @@ def _gevent_traps(app: Any, worker_args: list[str], concurrency: int,
 
 
 def run_live(diagnosis: Diagnosis, *, timeout: float = 20.0) -> Diagnosis:
-    """Start the real worker with this command line, send it a probe task over the app's
-    broker and read what the running process says about itself."""
+    """Start the real worker with this command line on a private queue, send it a probe task
+    over the app's broker and read what the running process says about itself.
+
+    The worker consumes only ``geventcheck.doctor.<uuid>`` (see _doctorlive): the app's
+    queues and their messages are never read, and the queue is deleted afterwards.
+    """
     import dataclasses
     import json
     import signal
@@ -284,24 +288,40 @@ def run_live(diagnosis: Diagnosis, *, timeout: float = 20.0) -> Diagnosis:
 
     from celery.app.utils import find_app
 
+    from . import _doctorlive
+
     app = find_app(diagnosis.app)
-    with tempfile.TemporaryDirectory(prefix="geventcheck-live-") as tmp:
+    name = _doctorlive.new_queue_name()
+    ttl = timeout + 30.0  # outlives the wait; then the broker drops queue and probe itself
+    queue = _doctorlive.private_queue(name, ttl)
+    try:
+        connection = app.connection_for_write()
+        connection.ensure_connection(max_retries=1)
+        queue(connection.default_channel).declare()
+    except Exception as exc:
+        raise DoctorError(f"--live: cannot reach the app's broker: {exc}") from None
+    args = [*_doctorlive.private_worker_args(diagnosis.argv), "-Q", name,
+            "--without-heartbeat", "--without-mingle", "--without-gossip",
+            "-n", f"geventcheck-live-{os.getpid()}@%h"]
+    live: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="geventcheck-live-") as tmp, connection:
         answer = os.path.join(tmp, "answer.json")
         log_path = os.path.join(tmp, "worker.log")
-        env = {**os.environ, "GEVENTCHECK_TARGET_APP": diagnosis.app,
-               "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+        env = {k: v for k, v in os.environ.items()
+               if k not in _doctorlive.dropped_environment()}
+        env |= {"GEVENTCHECK_TARGET_APP": diagnosis.app, _doctorlive.QUEUE_ENV: name,
+                _doctorlive.TTL_ENV: str(ttl),
+                "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
         with open(log_path, "wb") as log:
             worker = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "geventcheck._liveprobe",
-                 *diagnosis.argv, "--without-heartbeat", "--without-mingle",
-                 "--without-gossip", "-n", f"geventcheck-live-{os.getpid()}@%h"],
+                [sys.executable, "-m", "celery", "-A", "geventcheck._liveprobe", *args],
                 env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
-        live: dict[str, Any] = {}
         try:
             try:
-                app.send_task("geventcheck.live_probe", args=[answer],
-                              queue=diagnosis.queues[0])
+                app.send_task("geventcheck.live_probe", args=[answer], queue=queue,
+                              exchange=queue.exchange, routing_key=name, declare=[queue],
+                              expires=ttl, ignore_result=True, connection=connection)
             except Exception as exc:
                 raise DoctorError(f"--live: cannot reach the app's broker: {exc}") from None
             deadline = time.monotonic() + timeout
@@ -325,6 +345,12 @@ def run_live(diagnosis: Diagnosis, *, timeout: float = 20.0) -> Diagnosis:
                 except subprocess.TimeoutExpired:
                     os.killpg(worker.pid, signal.SIGKILL)
                     worker.wait()
+            try:
+                _doctorlive.clean_up(connection, queue)
+                live["queue"] = f"{name} (deleted)"
+            except Exception as exc:  # the answer stands; say what may be left behind
+                live["queue"] = f"{name} (not deleted: {exc}; the broker drops it after " \
+                                f"{ttl:g} s unused)"
     findings = list(diagnosis.findings)
     if live.get("ran_probe") and live.get("patched") != diagnosis.patched:
         findings.append(Finding(

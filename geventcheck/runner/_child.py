@@ -362,6 +362,10 @@ def main(before_patch: frozenset[str]) -> None:
     for attempt in guard.take_attempts():
         chan.send("note", message=f"loading the app tried to reach {attempt.endpoint} "
                                   f"({attempt.kind}) at {attempt.file}:{attempt.line}: refused")
+    from ..detectors._backend import per_greenlet_backend  # the app's, said once: not a task's
+
+    if backend_note := per_greenlet_backend(app):
+        chan.send("note", message=backend_note)
     tasks = _appload.list_tasks(app, tuple(cfg["globs"]))
     imported_before = sorted(m for m in MATTERS_BEFORE_PATCH if m in before_patch)
     chan.send(
