@@ -15,23 +15,6 @@ Classification = Literal["io", "cpu", "mixed", "light", "unknown"]
 Pool = Literal["gevent", "prefork", "either"]
 DriverStatus = Literal["cooperative", "blocking", "shimmed", "unknown"]
 
-FINDING_KINDS = (
-    "blocking-call",
-    "cpu-bound",
-    "unsafe-driver",
-    "thread-local",
-    "global-state",
-    "concurrency-divergence",
-    "db-connections",
-    "unpatched-module",
-    "egress",
-    "deadlock",
-    "timeout",
-    "crash",
-    "task-error",
-    "warm-up",
-)
-
 
 @dataclasses.dataclass(frozen=True)
 class Finding:
