@@ -1,4 +1,5 @@
-"""The ``geventcheck`` command. Exit codes: 0 all go, 1 findings, 2 usage, 3 internal error."""
+"""The ``geventcheck`` command. Exit codes: 0 all go, 1 findings or nothing certified, 2 usage,
+3 internal error."""
 
 from __future__ import annotations
 
@@ -133,6 +134,10 @@ def audit(  # noqa: PLR0917 - click passes every option as an argument
     out.print(render_table(report, verbose=verbose))
     for note in notes:
         err.print(f"note: {note}", style="dim")
+    if report.certified_nothing:
+        click.echo(f"geventcheck: nothing was certified: none of the {len(report.tasks)} tasks "
+                   "ran; give the tasks that need arguments their inputs in a scenario file "
+                   '(--scenario FILE, [tasks."NAME"] calls = [{ args = [...] }])', err=True)
     sys.exit(report.exit_code)
 
 
