@@ -19,7 +19,7 @@ from ._model import Settings
 from ._scenario import ScenarioError, load_scenario
 from .patches import SHIMS
 from .report import render_json, render_table, write_atomic
-from .runner._parent import AuditError, Callbacks, TaskRecord
+from .runner._parent import AuditError, AuditInternalError, Callbacks, TaskRecord
 from .services import ServiceError
 
 EXIT_USAGE = 2
@@ -191,6 +191,9 @@ def main(argv: list[str] | None = None) -> None:
         message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
         click.echo(f"geventcheck: error: {message}", err=True)
         sys.exit(EXIT_USAGE)
+    except AuditInternalError as exc:
+        click.echo(f"geventcheck: internal error: {exc}", err=True)
+        sys.exit(EXIT_INTERNAL)
     except click.exceptions.Abort:
         click.echo("geventcheck: aborted", err=True)
         sys.exit(130)
