@@ -129,8 +129,7 @@ def _refused(finding: Finding) -> Finding:
 def _egress_reason(refused: list[Finding]) -> str:
     hosts = sorted({f.endpoint for f in refused if f.endpoint})
     where = ", ".join(hosts) or "an outside address"
-    return (f"not certified: it tried to reach {where}, which the audit refused; fake it in "
-            "the scenario ([[services.http]] with hosts = [...]) or allow it (allow = [...])")
+    return f"not certified: egress to {where} refused; fake it in the scenario, or allow it"
 
 
 def _failed_reason(findings: list[Finding], ran: bool) -> str:

@@ -154,8 +154,9 @@ def render_markdown(report: Report, plan: Plan) -> str:
         lines += [f'    "{name}": {{"queue": "{queue}"}},' for name, queue in plan.routes.items()]
         lines += ["}", "```"]
     if plan.not_certified:
-        lines += ["", "## Not certified", "", "Not moved or routed anywhere: the audit knows "
-                  "nothing about them yet.", ""]
+        lines += ["", "## Not certified", "", "The audit knows nothing about these yet, so the "
+                  "plan neither moves nor routes them; a worker of their queue still runs them. "
+                  "Audit them before switching that queue to gevent.", ""]
         lines += [f"- `{t.name}` (queue `{t.queue or 'celery'}`): {t.reason or t.verdict}"
                   for t in plan.not_certified]
     if plan.first:

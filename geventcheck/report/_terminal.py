@@ -57,7 +57,7 @@ def render_table(report: Report, *, verbose: bool = False) -> RenderableType:
             task.name, task.queue or "-", Text(task.verdict, style=_VERDICT_STYLE[task.verdict]),
             _classification(task), "-" if task.not_certified else task.recommended_pool,
             f"{task.stats.max_block_ms:g} ms" if task.stats.max_block_ms else "-",
-            _reason(task),
+            Text(_reason(task)),  # a Text: brackets in a reason are not markup
         )
     parts: list[RenderableType] = [table]
     for task in report.tasks:
