@@ -175,6 +175,13 @@ def test_a_worker_init_receiver_that_exits_is_one_error_line_not_a_restart_loop(
     assert run.report is None
 
 
+def test_a_worker_init_receiver_that_never_returns_is_one_error_line(tmp_path: Path) -> None:
+    run = audit(tmp_path, "-A", "certify.inithangs", "--task-timeout", "1")
+    assert run.returncode == 2
+    line = _one_error_line(run.stderr)
+    assert "start-up did not finish" in line and "worker_init" in line
+
+
 def test_a_failure_in_geventcheck_before_the_first_task_is_an_internal_error(
     tmp_path: Path,
 ) -> None:

@@ -29,8 +29,7 @@ from .._scenario import Scenario
 from . import _child
 from ._channel import make_pipe, read_events
 
-# Time the child gets to write its stacks after SIGUSR1, and to load the app (or, once
-# loaded, to get from one task to the next: worker_init receivers run there).
+# Time the child gets to write its stacks after SIGUSR1, and to load the app.
 _DUMP_GRACE_S = 1.0
 _LOAD_TIMEOUT_S = 120.0
 # After the child is gone, time for the reader to drain what it wrote: a grandchild that
@@ -260,6 +259,10 @@ class Auditor:
         exit_stack: list[str] = []
         loaded = self.environment is not None and bool(self.records)
         ran_a_task = False  # a child that dies before its first task would die again
+        listed = False  # this child has loaded the app and listed its tasks
+        # Outside a task, the child runs only worker_init receivers and its own bookkeeping:
+        # they get as long as a task that makes no progress.
+        stuck_after = timeout * 2 + 10
         while True:
             try:
                 event = child.events.get(timeout=0.2)
@@ -292,7 +295,7 @@ class Auditor:
             if kind == "environment" and self.environment is None:
                 self.environment = _environment(event)
             elif kind == "tasks":
-                last_progress = now
+                last_progress, listed = now, True
                 if not loaded:
                     self._check_scenario(event.get("all_tasks", []))
                     self._register(event["tasks"])
@@ -332,21 +335,23 @@ class Auditor:
                 if silent > timeout + 5:
                     self._unresponsive(current, child, silent)
                     return False
-                if now - last_progress > timeout * 2 + 10:
+                if now - last_progress > stuck_after:
                     self._stuck(current, child, now - last_progress)
                     return False
-            elif not loaded and now - last_beat > _LOAD_TIMEOUT_S:
-                raise AuditError(f"the app {self.app!r} did not finish loading within "
-                                 f"{_LOAD_TIMEOUT_S:g} s")
-            elif loaded and now - last_progress > _LOAD_TIMEOUT_S:
+            elif not listed:
+                if now - last_beat > _LOAD_TIMEOUT_S:
+                    raise AuditError(f"the app {self.app!r} did not finish loading within "
+                                     f"{_LOAD_TIMEOUT_S:g} s")
+            elif now - last_progress > stuck_after:
                 # Heartbeats may still come (the monitor is a thread): progress is what counts.
                 if not ran_a_task:
                     raise AuditError(
-                        f"the app's start-up did not finish within {_LOAD_TIMEOUT_S:g} s after "
-                        f"loading {self.app!r}: a celeryd_init or worker_init receiver (or what "
-                        "it calls) never returns, so a real worker would not start either")
-                self.notes.append(f"the audit process made no progress for "
-                                  f"{_LOAD_TIMEOUT_S:g} s between tasks; restarted it")
+                        f"the app's start-up did not finish within {stuck_after:g} s (twice "
+                        f"--task-timeout, plus 10) after loading {self.app!r}: a celeryd_init "
+                        "or worker_init receiver (or what it calls) never returns, so a real "
+                        "worker would not start either")
+                self.notes.append(f"the audit process made no progress for {stuck_after:g} s "
+                                  "between tasks; restarted it")
                 return False
 
     def _add_drivers(self, drivers: list[dict[str, Any]]) -> None:
