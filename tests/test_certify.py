@@ -212,3 +212,19 @@ def test_a_worker_that_dies_while_a_forked_copy_holds_the_channel_is_a_crash(
     [crash] = [f for f in task["findings"] if f["kind"] == "crash"]
     assert "exited with code 5" in crash["message"]
     assert {f["kind"] for f in task["findings"]} & {"timeout", "deadlock"} == set()
+
+
+def test_a_queue_where_no_task_was_certified_gets_no_pool_in_the_plan() -> None:
+    from geventcheck._model import Environment, Report, Settings, Stats, TaskReport
+    from geventcheck._plan import make_plan
+
+    never = TaskReport("proj.export", "reports", "skipped", "unknown", "either", Stats(),
+                       reason="not run: it needs arguments (day)")
+    mail = TaskReport("proj.mail", "default", "go", "io", "gevent", Stats(3, 200.0, 2.0, 0.0))
+    plan = make_plan(Report("0", "now", "proj", Settings(), Environment("3.11", "26", True),
+                            (never, mail)))
+    assert [q.queue for q in plan.queues] == ["default"]
+    assert plan.routes == {}
+    assert plan.not_certified == (never,)
+    assert plan.to_dict()["not_certified"] == [
+        {"task": "proj.export", "queue": "reports", "reason": "not run: it needs arguments (day)"}]
