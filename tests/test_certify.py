@@ -175,6 +175,13 @@ def test_a_worker_init_receiver_that_exits_is_one_error_line_not_a_restart_loop(
     assert run.report is None
 
 
+def test_a_start_up_that_segfaults_is_one_error_line_naming_the_app_line(tmp_path: Path) -> None:
+    run = audit(tmp_path, "-A", "certify.initcrash")
+    assert run.returncode == 2
+    line = _one_error_line(run.stderr)
+    assert "was killed by signal SIGSEGV at certify/initcrash.py:" in line
+
+
 def test_a_worker_init_receiver_that_never_returns_is_one_error_line(tmp_path: Path) -> None:
     run = audit(tmp_path, "-A", "certify.inithangs", "--task-timeout", "1")
     assert run.returncode == 2

@@ -192,9 +192,9 @@ def _describe_exit(returncode: int | None) -> str:
         return "did not exit when killed"
     if returncode < 0:
         try:
-            return f"killed by signal {signal.Signals(-returncode).name}"
+            return f"was killed by signal {signal.Signals(-returncode).name}"
         except ValueError:
-            return f"killed by signal {-returncode}"
+            return f"was killed by signal {-returncode}"
     return f"exited with code {returncode}"
 
 
