@@ -31,7 +31,8 @@ class AuditPlan:
 
 
 def run_audit(plan: AuditPlan, callbacks: Callbacks | None = None) -> tuple[Report, list[str]]:
-    """The report and the notes worth telling the user; raises AuditError, ServiceError."""
+    """The report and the notes worth telling the user; raises AuditError,
+    AuditInternalError (geventcheck's own fault), ServiceError."""
     scenario = plan.scenario
     services = scenario.services if scenario else ()
     with tempfile.TemporaryDirectory(prefix="geventcheck-") as tmp, \

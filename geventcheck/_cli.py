@@ -1,4 +1,5 @@
-"""The ``geventcheck`` command. Exit codes: 0 all go, 1 findings, 2 usage, 3 internal error."""
+"""The ``geventcheck`` command. Exit codes: 0 all go, 1 findings or nothing certified, 2 usage,
+3 internal error."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from ._model import Settings
 from ._scenario import ScenarioError, load_scenario
 from .patches import SHIMS
 from .report import render_json, render_table, write_atomic
-from .runner._parent import AuditError, Callbacks, TaskRecord
+from .runner._parent import AuditError, AuditInternalError, Callbacks, TaskRecord
 from .services import ServiceError
 
 EXIT_USAGE = 2
@@ -133,6 +134,10 @@ def audit(  # noqa: PLR0917 - click passes every option as an argument
     out.print(render_table(report, verbose=verbose))
     for note in notes:
         err.print(f"note: {note}", style="dim")
+    if report.certified_nothing:
+        click.echo(f"geventcheck: nothing was certified: none of the {len(report.tasks)} tasks "
+                   "ran; give the tasks that need arguments their inputs in a scenario file "
+                   '(--scenario FILE, [tasks."NAME"] calls = [{ args = [...] }])', err=True)
     sys.exit(report.exit_code)
 
 
@@ -186,6 +191,9 @@ def main(argv: list[str] | None = None) -> None:
         message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
         click.echo(f"geventcheck: error: {message}", err=True)
         sys.exit(EXIT_USAGE)
+    except AuditInternalError as exc:
+        click.echo(f"geventcheck: internal error: {exc}", err=True)
+        sys.exit(EXIT_INTERNAL)
     except click.exceptions.Abort:
         click.echo("geventcheck: aborted", err=True)
         sys.exit(130)

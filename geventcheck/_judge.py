@@ -137,24 +137,56 @@ def judge(rec: TaskRecord, warn_ms: float, services: dict[str, str] | None = Non
                   concurrent_wall_ms=round(rec.concurrent_wall_ms, 2)
                   if rec.concurrent_wall_ms is not None else None)
     verdict: Verdict
-    if not rec.runnable and not rec.started:
-        verdict = "skipped"
-        findings = [Finding(
-            "task-error", "info",
-            f"not run: it needs arguments ({', '.join(rec.required)}); give it inputs in a "
-            "scenario file (--scenario) to audit it")]
-        classification: Classification = "unknown"
+    reason: str | None = None
+    classification: Classification = "unknown"
+    if not rec.started:
+        verdict, reason = "skipped", _not_run_reason(rec)
     else:
         classification = classify(own_wall, cpu, max_block, warn_ms, len(runs))
+        findings = [_refused(f) if f.kind == "egress" else f for f in findings]
+        refused = [f for f in findings if f.kind == "egress"]
         all_failed = bool(runs) and not ok_runs
         if any(f.kind == "crash" and f.cause == "geventcheck" for f in findings):
-            verdict = "error"  # geventcheck itself failed: nothing was certified
+            verdict, reason = "error", ("not certified: geventcheck itself failed while this "
+                                        "task ran (see the crash finding)")
         elif any(f.severity == "error" for f in findings):
             verdict = "no-go"
+        elif refused:
+            verdict, reason = "error", _egress_reason(refused)
         elif all_failed or not runs:
-            verdict = "error"
+            verdict, reason = "error", _failed_reason(findings, bool(runs))
         else:
             verdict = "go"
-    return TaskReport(rec.name, rec.queue, verdict, classification,
-                      recommend(classification, findings), stats, tuple(findings),
-                      services=dict(sorted(rec.service_calls.items())))
+    # A task that was not certified gets no recommendation: "either" keeps the field valid
+    # and the report's not_certified flag says to read it as none.
+    pool: Pool = "either" if verdict in ("skipped", "error") else recommend(
+        classification, findings)
+    return TaskReport(rec.name, rec.queue, verdict, classification, pool, stats,
+                      tuple(findings), services=dict(sorted(rec.service_calls.items())),
+                      reason=reason)
+
+
+def _not_run_reason(rec: TaskRecord) -> str:
+    if not rec.runnable:
+        return (f"not run: it needs arguments ({', '.join(rec.required)}); give it inputs in a "
+                "scenario file (--scenario) to audit it")
+    return "not run: the audit ended before it reached this task"
+
+
+def _refused(finding: Finding) -> Finding:
+    """A refused connection says nothing about gevent: it blocks certification, not the pool."""
+    return dataclasses.replace(finding, severity="warning") if finding.severity == "error" \
+        else finding
+
+
+def _egress_reason(refused: list[Finding]) -> str:
+    hosts = sorted({f.endpoint for f in refused if f.endpoint})
+    where = ", ".join(hosts) or "an outside address"
+    return f"not certified: egress to {where} refused; fake it in the scenario, or allow it"
+
+
+def _failed_reason(findings: list[Finding], ran: bool) -> str:
+    if not ran:
+        return "not certified: no run finished"
+    errors = [f.message for f in findings if f.kind == "task-error"]
+    return "not certified: every run failed" + (f" ({errors[0]})" if errors else "")

@@ -15,23 +15,6 @@ Classification = Literal["io", "cpu", "mixed", "light", "unknown"]
 Pool = Literal["gevent", "prefork", "either"]
 DriverStatus = Literal["cooperative", "blocking", "shimmed", "unknown"]
 
-FINDING_KINDS = (
-    "blocking-call",
-    "cpu-bound",
-    "unsafe-driver",
-    "thread-local",
-    "global-state",
-    "concurrency-divergence",
-    "db-connections",
-    "unpatched-module",
-    "egress",
-    "deadlock",
-    "timeout",
-    "crash",
-    "task-error",
-    "warm-up",
-)
-
 
 @dataclasses.dataclass(frozen=True)
 class Finding:
@@ -92,6 +75,13 @@ class TaskReport:
     findings: tuple[Finding, ...] = ()
     # requests each mocked service received while this task ran
     services: dict[str, int] = dataclasses.field(default_factory=dict)
+    # why the task was not certified (not run, egress refused, every run failed)
+    reason: str | None = None
+
+    @property
+    def not_certified(self) -> bool:
+        """Not seen to be safe nor unsafe: its pool recommendation means nothing."""
+        return self.verdict in ("skipped", "error")
 
     @property
     def top_finding(self) -> Finding | None:
@@ -146,15 +136,24 @@ class Report:
     tasks: tuple[TaskReport, ...]
 
     def summary(self) -> dict[str, int]:
+        """Counts per verdict, and how many tasks were not run or not certified."""
         counts = {"go": 0, "no-go": 0, "skipped": 0, "error": 0}
         for task in self.tasks:
             counts[task.verdict] += 1
+        counts["not_run"] = counts["skipped"]
+        counts["not_certified"] = sum(t.not_certified for t in self.tasks)
         return counts
 
     @property
+    def certified_nothing(self) -> bool:
+        """No task ran: a go would be a claim about nothing."""
+        return all(t.verdict == "skipped" for t in self.tasks)
+
+    @property
     def exit_code(self) -> int:
-        """0 when every task is go, 1 when any is no-go (skipped tasks do not fail)."""
-        return 1 if any(t.verdict in ("no-go", "error") for t in self.tasks) else 0
+        """0 only when at least one task ran and every task that ran is go."""
+        ran = [t for t in self.tasks if t.verdict != "skipped"]
+        return 0 if ran and all(t.verdict == "go" for t in ran) else 1
 
 
 def _drop_none(data: dict[str, Any]) -> dict[str, Any]:
@@ -208,6 +207,9 @@ def report_to_dict(report: Report) -> dict[str, Any]:
                 "stats": _drop_none(dataclasses.asdict(t.stats)),
                 "findings": [finding_to_dict(f) for f in t.findings],
                 "services": dict(t.services),
+                # extra to the schema: the pool above is no recommendation when true
+                "not_certified": t.not_certified,
+                **({"reason": t.reason} if t.reason else {}),
             }
             for t in report.tasks
         ],

@@ -12,6 +12,7 @@ Prefork queues get one process per core.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import statistics
@@ -39,6 +40,8 @@ class Plan:
     # task name -> new queue, for queues that mixed CPU and I/O tasks
     routes: dict[str, str] = field(default_factory=dict)
     first: tuple[TaskReport, ...] = ()  # no-go tasks on queues that could go to gevent
+    # tasks the audit did not certify: never routed, since nothing is known about them
+    not_certified: tuple[TaskReport, ...] = ()
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -50,6 +53,8 @@ class Plan:
             ],
             "task_routes": {name: {"queue": queue} for name, queue in self.routes.items()},
             "fix_first": [t.name for t in self.first],
+            "not_certified": [{"task": t.name, "queue": t.queue or "celery",
+                               "reason": t.reason or t.verdict} for t in self.not_certified],
         }
 
 
@@ -80,7 +85,13 @@ def make_plan(report: Report) -> Plan:
     queues: list[QueuePlan] = []
     routes: dict[str, str] = {}
     first: list[TaskReport] = []
-    for queue, tasks in sorted(by_queue.items()):
+    unknown: list[TaskReport] = []
+    for queue, queued in sorted(by_queue.items()):
+        tasks = [t for t in queued if not t.not_certified]
+        uncertified = [t for t in queued if t.not_certified]
+        unknown += uncertified
+        if not tasks:
+            continue  # nothing known about this queue: no pool to name
         io = [t for t in tasks if _belongs_on_gevent(t)]
         rest = [t for t in tasks if not _belongs_on_gevent(t)]
         first += [t for t in rest if t.verdict == "no-go" and t.classification != "cpu"]
@@ -99,7 +110,19 @@ def make_plan(report: Report) -> Plan:
                                     _command(app, "prefork", cores, queue),
                                     "CPU-bound work: one process per core" if cpu
                                     else "no task of this queue is safe on gevent yet"))
-    return Plan(tuple(queues), routes, tuple(first))
+    if unknown:
+        queues = [_warn_uncertified(q, [t for t in unknown if (t.queue or "celery") == q.queue])
+                  for q in queues]
+    return Plan(tuple(queues), routes, tuple(first), tuple(unknown))
+
+
+def _warn_uncertified(plan: QueuePlan, unknown: list[TaskReport]) -> QueuePlan:
+    """A queue's worker runs every task routed to it, certified or not: say so."""
+    if not unknown or plan.pool != "gevent":
+        return plan
+    names = ", ".join(t.name for t in unknown)
+    return dataclasses.replace(plan, why=f"{plan.why}; certify first, this worker would also "
+                                         f"run tasks not certified: {names}")
 
 
 def _gevent_queue(app: str, queue: str, tasks: list[TaskReport]) -> QueuePlan:
@@ -113,7 +136,9 @@ def render_markdown(report: Report, plan: Plan) -> str:
     """The plan for operations, as Markdown."""
     lines = [f"# Moving `{report.app}` to gevent workers", "",
              f"Audited {len(report.tasks)} tasks with geventcheck {report.tool_version} on "
-             f"{report.created}.", "", "## Queues", "",
+             f"{report.created}"
+             + (f"; {len(plan.not_certified)} of them not certified (see below)."
+                if plan.not_certified else "."), "", "## Queues", "",
              "| queue | pool | concurrency | tasks |", "|---|---|---:|---|"]
     for q in plan.queues:
         names = ", ".join(f"`{t.name}` ({t.classification}, {t.verdict})" for t in q.tasks)
@@ -128,6 +153,12 @@ def render_markdown(report: Report, plan: Plan) -> str:
         lines += ["", "## New routes", "", "```python", "task_routes = {"]
         lines += [f'    "{name}": {{"queue": "{queue}"}},' for name, queue in plan.routes.items()]
         lines += ["}", "```"]
+    if plan.not_certified:
+        lines += ["", "## Not certified", "", "The audit knows nothing about these yet, so the "
+                  "plan neither moves nor routes them; a worker of their queue still runs them. "
+                  "Audit them before switching that queue to gevent.", ""]
+        lines += [f"- `{t.name}` (queue `{t.queue or 'celery'}`): {t.reason or t.verdict}"
+                  for t in plan.not_certified]
     if plan.first:
         lines += ["", "## Fix first", ""]
         for t in plan.first:

@@ -43,7 +43,7 @@ class Row:
 
 def _kinds(cell: str) -> frozenset[str]:
     """The finding kinds named in a cell (as `code`); file names and the like are not."""
-    from geventcheck._model import FINDING_KINDS
+    from geventcheck._kinds import FINDING_KINDS
 
     return frozenset(word for word in _TICKED.findall(cell) if word in FINDING_KINDS)
 

@@ -182,7 +182,7 @@ def test_write_atomic_leaves_the_old_report_when_writing_fails(tmp_path: Path) -
 
 
 def test_every_finding_kind_a_detector_emits_is_documented() -> None:
-    from geventcheck._model import FINDING_KINDS
+    from geventcheck._kinds import FINDING_KINDS
     from geventcheck.detectors import KINDS
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()

@@ -12,6 +12,8 @@ _VERDICT_STYLE = {"go": "bold green", "no-go": "bold red", "skipped": "yellow", 
 
 
 def _reason(task: TaskReport) -> str:
+    if task.reason:
+        return task.reason
     top = task.top_finding
     if top is None:
         return ""
@@ -53,9 +55,9 @@ def render_table(report: Report, *, verbose: bool = False) -> RenderableType:
     for task in report.tasks:
         table.add_row(
             task.name, task.queue or "-", Text(task.verdict, style=_VERDICT_STYLE[task.verdict]),
-            _classification(task), task.recommended_pool,
+            _classification(task), "-" if task.not_certified else task.recommended_pool,
             f"{task.stats.max_block_ms:g} ms" if task.stats.max_block_ms else "-",
-            _reason(task),
+            Text(_reason(task)),  # a Text: brackets in a reason are not markup
         )
     parts: list[RenderableType] = [table]
     for task in report.tasks:
@@ -63,15 +65,20 @@ def render_table(report: Report, *, verbose: bool = False) -> RenderableType:
         shown = sorted((f for f in task.findings
                         if verbose or f.severity != "info" or task.verdict == "skipped"),
                        key=lambda f: rank[f.severity])
-        if not shown:
+        if not shown and not task.reason:
             continue
         parts.append(Text(f"\n{task.name}  [{task.verdict}]", style=_VERDICT_STYLE[task.verdict]))
+        if task.reason:
+            parts.append(Text(f"  {task.reason}", style=_VERDICT_STYLE[task.verdict]))
         parts.extend(_evidence(task, f) for f in shown)
     summary = report.summary()
     line = Text("\n")
     for key in ("go", "no-go", "skipped", "error"):
         line.append(f"{summary[key]} {key}", style=_VERDICT_STYLE[key])
         line.append("   ")
+    line.append(f"{summary['not_run']} of {len(report.tasks)} not run, "
+                f"{summary['not_certified']} not certified   ",
+                style="yellow" if summary["not_certified"] else "dim")
     env = report.environment
     line.append(f"(patched: {'yes' if env.patched else 'NO'}, concurrency "
                 f"{report.settings.concurrency}, threshold {report.settings.threshold_ms:g} ms)",

@@ -16,6 +16,8 @@ class ChildChannel:
     def __init__(self, fd: int) -> None:
         from gevent.monkey import get_original
 
+        # Close-on-exec: a process a task starts must not hold the parent's line open.
+        os.set_inheritable(fd, False)
         self._fd = fd
         self._lock = get_original("_thread", "allocate_lock")()
         self._write = get_original("os", "write")
@@ -41,6 +43,6 @@ def read_events(stream: IO[bytes]) -> Iterator[dict[str, Any]]:
 
 
 def make_pipe() -> tuple[int, int]:
-    read_fd, write_fd = os.pipe()
-    os.set_inheritable(write_fd, True)
-    return read_fd, write_fd
+    """Both ends close-on-exec: ``pass_fds`` hands the write end to the child alone, so
+    nothing else the parent starts (the services) inherits it."""
+    return os.pipe()

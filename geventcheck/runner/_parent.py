@@ -32,10 +32,20 @@ from ._channel import make_pipe, read_events
 # Time the child gets to write its stacks after SIGUSR1, and to load the app.
 _DUMP_GRACE_S = 1.0
 _LOAD_TIMEOUT_S = 120.0
+# After the child is gone, time for the reader to drain what it wrote: a grandchild that
+# forked off with a copy of the channel keeps it open, so its end is no sign of death.
+_EXIT_GRACE_S = 1.0
+# A child killed with SIGKILL is reaped at once, unless the kernel holds it (D state).
+_REAP_TIMEOUT_S = 10.0
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class AuditError(Exception):
     """The audit could not start (bad app, bad settings): one line for the user."""
+
+
+class AuditInternalError(Exception):
+    """geventcheck's own code failed in the audited process: one line, exit code 3."""
 
 
 @dataclass
@@ -107,6 +117,7 @@ class _Child:
     def __init__(self, cfg: dict[str, Any], workdir: str, log: Any, cwd: str | None,
                  env: dict[str, str]) -> None:
         read_fd, write_fd = make_pipe()
+        self.log_start = log.tell()  # the log holds every child's output: this one's starts here
         self.crashlog = os.path.join(workdir, f"crash-{time.monotonic_ns()}.log")
         cfg = {**cfg, "fd": write_fd, "crashlog": self.crashlog}
         env = {**os.environ, **env, _child.CONFIG_ENV: _json_dumps(cfg),
@@ -169,10 +180,25 @@ class _Child:
         except OSError:
             return []
 
-    def kill(self) -> None:
+    def gone(self) -> bool:
+        return self.proc.poll() is not None
+
+    def reap(self) -> None:
+        """Wait for a child whose channel closed; kill it if it lives on (it closed the fd)."""
+        try:
+            self.proc.wait(timeout=_EXIT_GRACE_S)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> bool:
+        """Kill the child's whole process group; False if it could not be reaped."""
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
+        try:
+            self.proc.wait(timeout=_REAP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
 
 
 def _json_dumps(data: Any) -> str:
@@ -190,12 +216,14 @@ def _environment(event: dict[str, Any]) -> Environment:
     )
 
 
-def _describe_exit(returncode: int) -> str:
+def _describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "did not exit when killed"
     if returncode < 0:
         try:
-            return f"killed by signal {signal.Signals(-returncode).name}"
+            return f"was killed by signal {signal.Signals(-returncode).name}"
         except ValueError:
-            return f"killed by signal {-returncode}"
+            return f"was killed by signal {-returncode}"
     return f"exited with code {returncode}"
 
 
@@ -240,7 +268,9 @@ class Auditor:
                     try:
                         complete = self._supervise(child, log_path)
                     finally:
-                        child.kill()
+                        if not child.kill():
+                            self.notes.append(f"the audit process {child.proc.pid} did not die "
+                                              f"within {_REAP_TIMEOUT_S:g} s of SIGKILL")
                     if complete:
                         break
         assert self.environment is not None
@@ -254,24 +284,36 @@ class Auditor:
         timeout = self.settings.task_timeout_s
         current: TaskRecord | None = None
         last_beat = last_progress = time.monotonic()
+        gone_at: float | None = None
         exit_stack: list[str] = []
         loaded = self.environment is not None and bool(self.records)
+        ran_a_task = False  # a child that dies before its first task would die again
+        listed = False  # this child has loaded the app and listed its tasks
+        # Outside a task, the child runs only worker_init receivers and its own bookkeeping:
+        # they get as long as a task that makes no progress.
+        stuck_after = timeout * 2 + 10
         while True:
             try:
                 event = child.events.get(timeout=0.2)
             except queue.Empty:
                 event = {"event": "tick"}
+                if child.gone():
+                    gone_at = gone_at or time.monotonic()
+                    if time.monotonic() - gone_at > _EXIT_GRACE_S:
+                        event = None  # dead, though a forked grandchild holds the channel
             now = time.monotonic()
-            if event is None:  # the channel closed: the child is gone
-                child.proc.wait()
+            if event is None:  # the channel closed or the child is gone
+                child.reap()
                 if not loaded:
                     raise AuditError(self._load_failure(child, log_path))
                 if current is None:
-                    if self._remaining():
-                        how = _describe_exit(child.proc.returncode)
-                        self.notes.append(f"the audit process {how} between tasks; restarted it")
-                        return False
-                    return True
+                    if not self._remaining():
+                        return True
+                    if not ran_a_task:
+                        raise self._startup_failure(child, log_path, exit_stack)
+                    how = _describe_exit(child.proc.returncode)
+                    self.notes.append(f"the audit process {how} between tasks; restarted it")
+                    return False
                 self._crash(current, child, exit_stack)
                 return False
             kind = event["event"]
@@ -282,11 +324,13 @@ class Auditor:
             if kind == "environment" and self.environment is None:
                 self.environment = _environment(event)
             elif kind == "tasks":
+                last_progress, listed = now, True
                 if not loaded:
                     self._check_scenario(event.get("all_tasks", []))
                     self._register(event["tasks"])
                     loaded = True
             elif kind == "task-start":
+                ran_a_task = True
                 current = self.records[event["task"]]
                 current.started = True
                 at = event.get("t", time.time())
@@ -304,6 +348,7 @@ class Auditor:
                 current.finished = True
                 self.callbacks.on_task_done(current)
                 current = None
+                last_progress = now
             elif kind == "drivers" and self.environment is not None:
                 self._add_drivers(event["drivers"])
             elif kind == "exit":
@@ -320,12 +365,24 @@ class Auditor:
                 if silent > timeout + 5:
                     self._unresponsive(current, child, silent)
                     return False
-                if now - last_progress > timeout * 2 + 10:
+                if now - last_progress > stuck_after:
                     self._stuck(current, child, now - last_progress)
                     return False
-            elif not loaded and now - last_beat > _LOAD_TIMEOUT_S:
-                raise AuditError(f"the app {self.app!r} did not finish loading within "
-                                 f"{_LOAD_TIMEOUT_S:g} s")
+            elif not listed:
+                if now - last_beat > _LOAD_TIMEOUT_S:
+                    raise AuditError(f"the app {self.app!r} did not finish loading within "
+                                     f"{_LOAD_TIMEOUT_S:g} s")
+            elif now - last_progress > stuck_after:
+                # Heartbeats may still come (the monitor is a thread): progress is what counts.
+                if not ran_a_task:
+                    raise AuditError(
+                        f"the app's start-up did not finish within {stuck_after:g} s (twice "
+                        f"--task-timeout, plus 10) after loading {self.app!r}: a celeryd_init "
+                        "or worker_init receiver (or what it calls) never returns, so a real "
+                        "worker would not start either")
+                self.notes.append(f"the audit process made no progress for {stuck_after:g} s "
+                                  "between tasks; restarted it")
+                return False
 
     def _add_drivers(self, drivers: list[dict[str, Any]]) -> None:
         """Drivers a child found loaded at its end; a blocking verdict sticks."""
@@ -456,11 +513,54 @@ class Auditor:
                 "library fixed or the task moved to a prefork queue"))
 
     def _load_failure(self, child: _Child, log_path: str) -> str:
-        with open(log_path, errors="replace") as fh:
-            tail = [line.strip() for line in fh if line.strip()]
+        tail = _log_lines(log_path, child.log_start)
         detail = tail[-1] if tail else ""
         return (f"the audit process {_describe_exit(child.proc.returncode)} while loading "
                 f"{self.app!r}" + (f": {detail}" if detail else ""))
+
+    def _startup_failure(self, child: _Child, log_path: str,
+                         exit_stack: list[str]) -> Exception:
+        """A child that loaded the app but died before its first task: restarting it would
+        only loop. The app's start-up (its worker_init receivers...) is exit 2; a traceback
+        that ends in geventcheck's own code is ours (exit 3)."""
+        how = _describe_exit(child.proc.returncode)
+        log = _log_lines(log_path, child.log_start)
+        frames = [m for m in map(_TB_FRAME.search, log) if m]
+        innermost = frames[-1]["file"] if frames else None
+        ours_at = (f"{os.path.relpath(innermost, os.path.dirname(_PACKAGE_DIR))}:"
+                   f"{frames[-1]['line']}" if innermost else "")
+        detail = log[-1] if frames and log and not _TB_FRAME.search(log[-1]) else ""
+        if exit_stack:
+            file, line, _ = _location_in_traceback(exit_stack)
+        else:
+            file, line, _ = _last_location(child.read_crashlog())
+            if file is None and frames:
+                file, line, _ = _location_in_traceback(log)
+        at = f" at {file}:{line}" if file else ""
+        if innermost and _is_ours(innermost) and file is None:
+            return AuditInternalError(
+                f"the audit process {how} after loading {self.app!r}, before its first task, "
+                f"in geventcheck's own code ({ours_at}"
+                + (f": {detail}" if detail else "") + "); please report it")
+        return AuditError(
+            f"the app's start-up ended the audit process before its first task: it {how}{at}"
+            + (f" ({detail})" if detail else "")
+            + "; a celeryd_init or worker_init receiver (or what it calls) ends the process, "
+            "so a real worker would not start either")
+
+
+def _log_lines(path: str, start: int = 0) -> list[str]:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            text = fh.read().decode(errors="replace")
+            return [line.strip() for line in text.splitlines() if line.strip()]
+    except OSError:
+        return []
+
+
+def _is_ours(path: str) -> bool:
+    return os.path.abspath(path).startswith(_PACKAGE_DIR + os.sep)
 
 
 def _crashed_in_geventcheck(dump: list[str]) -> bool:

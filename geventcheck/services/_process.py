@@ -67,7 +67,9 @@ class HostProcess:
                 proc.wait(STOP_GRACE_S)
             except subprocess.TimeoutExpired:
                 proc.kill()
-                proc.wait()
+                # SIGKILL is final; a process the kernel holds must not hold the audit too
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(STOP_GRACE_S)
             if proc.stdout is not None:
                 proc.stdout.close()
         if self._stderr is not None:

@@ -1,0 +1,1 @@
+"""Tiny apps for what the audit may claim: each module is one Celery app (-A certify.NAME)."""
