@@ -60,19 +60,18 @@ def audited_frame(stack: tuple[FrameInfo, ...], app_roots: tuple[str, ...]) -> F
     return app_frame(stack, app_roots)
 
 
-def _blocking_fix(syscall: str | None, callee: str | None) -> str:
+def _blocking_fix(syscall: str | None, callee: str | None,
+                  libraries: tuple[str, ...] = ()) -> str:
     callee = callee or ""
-    if callee == "os.system" or syscall in ("wait4", "waitid"):
-        return FIXES["system"]
     if callee.startswith("ctypes "):
         return FIXES["ctypes"].format(name=callee.split()[-1])
-    if syscall == "futex":
-        return FIXES["futex"]
-    if syscall in ("flock", "fcntl"):
-        return FIXES["flock"]
-    if callee.startswith("socket."):
-        return FIXES["socket"]
-    return FIXES["other"]
+    rules = (
+        (callee == "os.system" or syscall in ("wait4", "waitid"), "system"),
+        (syscall == "futex", "futex"),
+        (syscall in ("flock", "fcntl"), "flock"),
+        (callee.startswith("socket.") or "_socket" in libraries, "socket"),
+    )
+    return FIXES[next((key for matched, key in rules if matched), "other")]
 
 
 def callee_of(stack: tuple[FrameInfo, ...], where: FrameInfo | None) -> str | None:
@@ -214,7 +213,7 @@ def stall_findings(
                 endpoint = focus.endpoint
                 if endpoint:
                     what += f" on {endpoint}"
-                fix = _blocking_fix(syscall, callee)
+                fix = _blocking_fix(syscall, callee, libraries)
             what += f" ({cpu_ms:g} ms CPU{note}){in_function}"
             native = call or None
         if stall.phase == "warm-up":
