@@ -292,7 +292,7 @@ class HubMonitor:
 
     def _look(self, *, blind: bool = False) -> float:
         state = self._state
-        count, since, active = state
+        count, _, active = state
         if blind and active is not None and active is not self._hub \
                 and active not in self._ignored and count not in self._resumed:
             # Native code kept the GIL until just now: the thread gave it up at the first
@@ -301,7 +301,8 @@ class HubMonitor:
             self._resumed[count] = self._stacks.read()
             if len(self._resumed) > _KEEP_RESUMES:
                 del self._resumed[next(iter(self._resumed))]
-        queued = _read_queued(self._schedstat)  # lets go of the GIL: before the clocks
+        queued = _read_queued(self._schedstat)  # lets go of the GIL: before the rest
+        count, since, active = state
         now, cpu = time.perf_counter(), time.clock_gettime(self._cpu_clock)
         self._marks.append((now, cpu, queued))
         watching = self._watching
