@@ -85,6 +85,8 @@ class TaskReport:
     findings: tuple[Finding, ...] = ()
     # requests each mocked service received while this task ran
     services: dict[str, int] = dataclasses.field(default_factory=dict)
+    # task messages one run published, by "<task> → <queue>" (captured unless allowed)
+    published: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def top_finding(self) -> Finding | None:
@@ -127,6 +129,7 @@ class Settings:
     shims: tuple[str, ...] = ()
     explore: int = 0
     explore_seed: int = 0
+    allow_publish: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +182,7 @@ def report_to_dict(report: Report) -> dict[str, Any]:
             "runs": settings.runs,
             "explore": settings.explore,
             "explore_seed": settings.explore_seed,
+            "allow_publish": settings.allow_publish,
         },
         "environment": {
             "python": env.python,
@@ -201,6 +205,7 @@ def report_to_dict(report: Report) -> dict[str, Any]:
                 "stats": _drop_none(dataclasses.asdict(t.stats)),
                 "findings": [finding_to_dict(f) for f in t.findings],
                 "services": dict(t.services),
+                "published": dict(t.published),
             }
             for t in report.tasks
         ],
