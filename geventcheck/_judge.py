@@ -96,7 +96,9 @@ def judge(rec: TaskRecord, warn_ms: float, services: dict[str, str] | None = Non
         classification: Classification = "unknown"
     else:
         classification = classify(own_wall, cpu, max_block, warn_ms, len(runs))
-        all_failed = bool(runs) and not ok_runs
+        # every measured run, solo and concurrent, failed: nothing about it was certified
+        measured_runs = runs + [r for r in rec.concurrent_runs if r.get("wall_ms") is not None]
+        all_failed = bool(measured_runs) and all(r.get("error") for r in measured_runs)
         if any(f.severity == "error" for f in findings):
             verdict = "no-go"
         elif all_failed or not runs:
@@ -105,4 +107,5 @@ def judge(rec: TaskRecord, warn_ms: float, services: dict[str, str] | None = Non
             verdict = "go"
     return TaskReport(rec.name, rec.queue, verdict, classification,
                       recommend(classification, findings), stats, tuple(findings),
-                      services=dict(sorted(rec.service_calls.items())))
+                      services=dict(sorted(rec.service_calls.items())),
+                      published=dict(sorted(rec.published.items())))
