@@ -108,4 +108,4 @@ def judge(rec: TaskRecord, warn_ms: float, services: dict[str, str] | None = Non
     return TaskReport(rec.name, rec.queue, verdict, classification,
                       recommend(classification, findings), stats, tuple(findings),
                       services=dict(sorted(rec.service_calls.items())),
-                      published=dict(sorted(rec.published.items())))
+                      published=dict(sorted(rec.published.items())), retried=rec.retries)

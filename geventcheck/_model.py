@@ -87,6 +87,7 @@ class TaskReport:
     services: dict[str, int] = dataclasses.field(default_factory=dict)
     # task messages one run published, by "<task> → <queue>" (captured unless allowed)
     published: dict[str, int] = dataclasses.field(default_factory=dict)
+    retried: int = 0  # runs that ended in self.retry(): an outcome, not a failure
 
     @property
     def top_finding(self) -> Finding | None:
@@ -206,6 +207,7 @@ def report_to_dict(report: Report) -> dict[str, Any]:
                 "findings": [finding_to_dict(f) for f in t.findings],
                 "services": dict(t.services),
                 "published": dict(t.published),
+                "retried": t.retried,
             }
             for t in report.tasks
         ],

@@ -41,11 +41,14 @@ def _evidence(task: TaskReport, finding: Finding) -> Text:
     return text
 
 
-def published_lines(task: TaskReport, report: Report) -> list[str]:
-    """``published 3: proj.add → celery`` for each kind of message one run sent."""
-    how = ("sent to the broker" if report.settings.allow_publish
-           else "captured, not sent (--allow-publish sends them)")
-    return [f"published {count}: {key}  ({how})" for key, count in task.published.items()]
+def outcome_lines(task: TaskReport, report: Report) -> list[str]:
+    """``published 3: proj.add → celery`` for each kind of message one run sent, and retries."""
+    how = "sent to the broker" if report.settings.allow_publish else "captured, not sent"
+    lines = [f"published {count}: {key}  [{how}]" for key, count in task.published.items()]
+    if task.retried:
+        lines.append(f"retried: {task.retried} run(s) ended in self.retry(), as on a worker "
+                     "(the retry message is counted above)")
+    return lines
 
 
 def render_table(report: Report, *, verbose: bool = False) -> RenderableType:
@@ -70,11 +73,11 @@ def render_table(report: Report, *, verbose: bool = False) -> RenderableType:
         shown = sorted((f for f in task.findings
                         if verbose or f.severity != "info" or task.verdict == "skipped"),
                        key=lambda f: rank[f.severity])
-        if not shown and not task.published:
+        if not shown and not task.published and not task.retried:
             continue
         parts.append(Text(f"\n{task.name}  [{task.verdict}]", style=_VERDICT_STYLE[task.verdict]))
         parts.extend(_evidence(task, f) for f in shown)
-        parts.extend(Text(f"  {line}", style="dim") for line in published_lines(task, report))
+        parts.extend(Text(f"  {line}", style="dim") for line in outcome_lines(task, report))
     summary = report.summary()
     line = Text("\n")
     for key in ("go", "no-go", "skipped", "error"):
