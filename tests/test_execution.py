@@ -174,3 +174,20 @@ def test_verdicts_match_a_real_gevent_worker(redis_db: Any, audited: tuple[Audit
     verdicts = {name: audit.task(f".{name}")["verdict"] for name in ran}
     assert {n: v != "error" for n, v in verdicts.items()} == succeeded, (
         verdicts, (tmp_path / "worker.log").read_text(errors="replace")[-3000:])
+
+
+def test_django_fixup_closes_each_tasks_connection_as_on_a_worker(tmp_path: Path) -> None:
+    """worker_init gets a worker (Django's fixup needs its app), and the fixup closes the
+    task greenlet's connection when each task ends: Task.apply skipped both."""
+    import json
+
+    require_service("postgres")
+    log = tmp_path / "receivers.jsonl"
+    result = run_audit("-A", "execdjango.celery_app", *FAST, tmp_path=tmp_path,
+                       env={"EXECDJANGO_LOG": str(log)})
+    assert result.task(".queries")["verdict"] == "go", result.stdout
+    notes = [json.loads(line) for line in log.read_text().splitlines()]
+    [init] = [n for n in notes if n["event"] == "worker_init"]
+    assert init["app"] == "execdjango" and init["hostname"].startswith("geventcheck@")
+    still_open = [n["open"] for n in notes if n["event"] == "postrun"]
+    assert still_open and not any(still_open)  # every run, warm-up to probe
