@@ -23,7 +23,8 @@ from .conftest import APPS, AuditResult, require_service, run_audit
 
 DB = "9"
 URL = f"redis://127.0.0.1:6379/{DB}"
-FAST = ("--runs", "1", "-c", "2", "--explore", "0")
+# Execution, not stalls, is under test: a busy machine's noise must not turn a verdict.
+FAST = ("--runs", "1", "-c", "2", "--explore", "0", "--threshold-ms", "5000")
 CANVAS = {  # task → what one run of it publishes (task name → count)
     "builds_chain": {"execapp.tasks.add": 1},  # the first link; the worker sends the rest
     "builds_group": {"execapp.tasks.add": 3},
@@ -38,6 +39,7 @@ FAILING = {
     "hook_before_start": "RuntimeError: before_start refused",
     "hook_after_return": "RuntimeError: after_return failed (in after_return)",
     "unstorable_result": "EncodeError",
+    "outlives_its_time_limit": "TimeLimitExceeded",
 }
 
 

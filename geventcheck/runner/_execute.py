@@ -15,6 +15,7 @@ as an error with its traceback: a failure is never a success.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import traceback
@@ -207,6 +208,33 @@ class Executor:
                         "is_eager": False}, **embed or {})
         return args2, kwargs2, request
 
+    def _trace(self, task: Any, task_id: str, args: list[Any], kwargs: dict[str, Any],
+               request: dict[str, Any]) -> tuple[Any, Any]:
+        """The tracer under the hard time limit as the gevent pool sets it (``apply_timeout``):
+        a ``gevent.Timeout`` that fires only when the task yields; soft limits are ignored."""
+        limit = task.time_limit or self.app.conf.task_time_limit
+        if not limit:
+            retval, info, _runtime, _text = task.__trace__(task_id, args, kwargs, request)
+            return retval, info
+        import gevent
+        from celery.app.task import Context
+        from celery.app.trace import TraceInfo
+        from celery.exceptions import TimeLimitExceeded
+
+        timeout = gevent.Timeout(limit)
+        try:
+            with timeout:
+                retval, info, _runtime, _text = task.__trace__(task_id, args, kwargs, request)
+                return retval, info
+        except gevent.Timeout as fired:
+            if fired is not timeout:
+                raise
+        # what Request.on_timeout does with the hard limit
+        exc = TimeLimitExceeded(limit)
+        with contextlib.suppress(Exception):  # the run failed either way
+            task.backend.mark_as_failure(task_id, exc, request=Context(request))
+        return None, TraceInfo("FAILURE", exc)
+
     def run(self, task: Any, args: list[Any], kwargs: dict[str, Any]) -> RunResult:
         """One run in the current greenlet. ``BaseException`` (SystemExit, a kill) passes."""
         from celery.utils import uuid
@@ -224,7 +252,7 @@ class Executor:
                 task_id = uuid()
                 args2, kwargs2, request = self._request(task, task_id, args, kwargs)
                 stage = "tracer"
-                retval, info, _runtime, _text = task.__trace__(task_id, args2, kwargs2, request)
+                retval, info = self._trace(task, task_id, args2, kwargs2, request)
             except Exception as exc:
                 capture.errors.append((stage, exc, _tail(traceback.format_exception(exc))))
         finally:
@@ -242,6 +270,15 @@ _WHERE = {
 }
 
 
+def _describe(error: BaseException) -> str:
+    from celery.exceptions import TimeLimitExceeded
+
+    if isinstance(error, TimeLimitExceeded) and error.args:
+        return (f"TimeLimitExceeded: the hard time limit ({error.args[0]:g} s) fired, as the "
+                "gevent pool fires it (only when the task yields)")
+    return f"{type(error).__name__}: {error}"
+
+
 def _result(retval: Any, info: Any, capture: _Capture) -> RunResult:
     """The tracer's (R, I) as a worker would judge them, plus what it only logged."""
     from celery import states
@@ -249,8 +286,7 @@ def _result(retval: Any, info: Any, capture: _Capture) -> RunResult:
     if info is not None and info.state == states.FAILURE:
         error = info.retval
         tb = getattr(retval, "traceback", None)  # the ExceptionInfo the tracer built
-        return RunResult(states.FAILURE, error=error,
-                         error_text=f"{type(error).__name__}: {error}",
+        return RunResult(states.FAILURE, error=error, error_text=_describe(error),
                          traceback=_tail([tb] if isinstance(tb, str)
                                          else traceback.format_exception(error)))
     if capture.errors:

@@ -95,3 +95,11 @@ def hook_after_return():
 @app.task
 def unstorable_result():
     return object()  # the JSON result backend cannot store it
+
+
+@app.task(time_limit=0.2)
+def outlives_its_time_limit():
+    import time
+
+    time.sleep(1)  # cooperative: the gevent pool's hard limit fires here
+    return "too late"
