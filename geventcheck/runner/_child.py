@@ -106,9 +106,8 @@ class TaskRunner:
                 self._locate(run.error, outcome)
         else:
             outcome["result"] = _summary(run.value)
-        self.chan.send("run", task=task.name, phase=self.monitor.phase,
-                       **{k: outcome[k] for k in ("state", "published", "retry", "error")
-                          if k in outcome})
+        self.chan.send("run", task=task.name, **{
+            k: outcome[k] for k in ("state", "published", "retry", "error") if k in outcome})
 
     def _phase(self, task: Any, phase: str, calls: list[dict[str, Any]],
                on_spawn: Callable[[Any, int], None] | None = None,
