@@ -132,6 +132,18 @@ def test_allow_publish_sends_the_messages_to_the_real_broker(redis_db: Any,
     assert client.llen(queue) == 6
 
 
+def test_a_scenario_can_allow_publishing_too(redis_db: Any, tmp_path: Path) -> None:
+    client, queues = redis_db
+    queues.append(queue := _private_queue())
+    scenario = tmp_path / "publish.toml"
+    scenario.write_text(f'app = "execapp"\nworkdir = "{APPS}"\nallow_publish = true\n')
+    result = run_audit("--scenario", str(scenario), "--task", "*.sends_by_name", *FAST,
+                       tmp_path=tmp_path, env=_env(queue))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert client.llen(queue) == 6
+    assert result.report is not None and result.report["settings"]["allow_publish"] is True
+
+
 def _on_a_real_worker(queue: str, log: Path, names: list[str]) -> dict[str, bool]:
     """Each task sent once to ``celery -A execapp worker -P gevent -c 4``: did it succeed?
     A hook whose exception the worker only logs counts as a failure, as in the audit."""

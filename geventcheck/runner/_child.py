@@ -101,7 +101,7 @@ class TaskRunner:
             outcome["retry"] = run.retry
         if run.failed:
             outcome["error"] = run.error_text
-            outcome["traceback"] = run.traceback
+            outcome["traceback"] = run.traceback_tail()
             if run.error is not None:
                 self._locate(run.error, outcome)
         else:

@@ -76,7 +76,7 @@ class RunResult:
     value: Any = None
     error: BaseException | None = None
     error_text: str | None = None  # "ValueError: bad input (in after_return)"
-    traceback: list[str] = field(default_factory=list)
+    formatted: str | None = None  # the traceback Celery already formatted, if any
     retry: str | None = None
     published: dict[str, int] = field(default_factory=dict)
 
@@ -84,12 +84,21 @@ class RunResult:
     def failed(self) -> bool:
         return self.error_text is not None
 
+    def traceback_tail(self) -> list[str]:
+        """The last lines of the failure's traceback; formatted on request, after the run."""
+        if self.formatted is not None:
+            return _tail([self.formatted])
+        if self.error is not None:
+            return _tail(traceback.format_exception(self.error))
+        return []
+
 
 @dataclass
 class _Capture:
-    """Failures the tracer only logs or signals, gathered for the run of one greenlet."""
+    """Failures the tracer only logs or signals, gathered for the run of one greenlet
+    (formatted only once the run is over: the run's own time is measured)."""
 
-    errors: list[tuple[str, BaseException | None, list[str]]] = field(default_factory=list)
+    errors: list[tuple[str, BaseException]] = field(default_factory=list)
 
 
 class _TraceLogCapture(logging.Handler):
@@ -104,9 +113,8 @@ class _TraceLogCapture(logging.Handler):
         if capture is None or not record.exc_info or not record.exc_info[1]:
             return
         exc = record.exc_info[1]
-        if any(seen is exc for _, seen, _ in capture.errors):
-            return
-        capture.errors.append(("celery", exc, _tail(traceback.format_exception(exc))))
+        if not any(seen is exc for _, seen in capture.errors):
+            capture.errors.append(("celery", exc))
 
 
 def _tail(lines: list[str]) -> list[str]:
@@ -134,8 +142,7 @@ class Executor:
                            **_: Any) -> None:
         capture = self._captures.get(greenlet.getcurrent())
         if capture is not None and exception is not None:
-            capture.errors.append(("tracer", exception,
-                                   _tail(traceback.format_exception(exception))))
+            capture.errors.append(("tracer", exception))
 
     def _prepare(self, task: Any) -> None:
         """Build the tracer as the worker's consumer does, with the late hooks watched."""
@@ -157,8 +164,7 @@ class Executor:
             except Exception as exc:
                 capture = self._captures.get(greenlet.getcurrent())
                 if capture is not None:
-                    capture.errors.append(
-                        (hook, exc, _tail(traceback.format_exception(exc))))
+                    capture.errors.append((hook, exc))
                 raise  # the tracer logs it, as on a worker
 
         return watched
@@ -254,7 +260,7 @@ class Executor:
                 stage = "tracer"
                 retval, info = self._trace(task, task_id, args2, kwargs2, request)
             except Exception as exc:
-                capture.errors.append((stage, exc, _tail(traceback.format_exception(exc))))
+                capture.errors.append((stage, exc))
         finally:
             published = self.outbox.end()
             self._captures.pop(me, None)
@@ -287,15 +293,13 @@ def _result(retval: Any, info: Any, capture: _Capture) -> RunResult:
         error = info.retval
         tb = getattr(retval, "traceback", None)  # the ExceptionInfo the tracer built
         return RunResult(states.FAILURE, error=error, error_text=_describe(error),
-                         traceback=_tail([tb] if isinstance(tb, str)
-                                         else traceback.format_exception(error)))
+                         formatted=tb if isinstance(tb, str) else None)
     if capture.errors:
         # what raised beats what was only logged on the way (a failed clean-up, say)
         raised = [e for e in capture.errors if e[0] != "celery"] or capture.errors
-        where, error, tail = raised[0]
-        name = type(error).__name__ if error is not None else "Error"
-        return RunResult(states.FAILURE, error=error, traceback=tail,
-                         error_text=f"{name}: {error}{_WHERE.get(where, f' (in {where})')}")
+        where, error = raised[0]
+        return RunResult(states.FAILURE, error=error,
+                         error_text=f"{_describe(error)}{_WHERE.get(where, f' (in {where})')}")
     if info is not None:  # RETRY, IGNORED (self.replace), REJECTED
         return RunResult(info.state,
                          retry=str(info.retval) if info.state == states.RETRY else None)
