@@ -92,6 +92,16 @@ def hook_after_return():
     return "ran"
 
 
+class FailsOnSuccess(Task):
+    def on_success(self, retval, task_id, args, kwargs):
+        raise RuntimeError("on_success failed")
+
+
+@app.task(base=FailsOnSuccess)
+def hook_on_success():
+    return "ran"
+
+
 @app.task
 def unstorable_result():
     return object()  # the JSON result backend cannot store it
