@@ -46,8 +46,9 @@ def outcome_lines(task: TaskReport, report: Report) -> list[str]:
     how = "sent to the broker" if report.settings.allow_publish else "captured, not sent"
     lines = [f"published {count}: {key}  [{how}]" for key, count in task.published.items()]
     if task.retried:
-        lines.append(f"retried: {task.retried} run(s) ended in self.retry(), as on a worker "
-                     "(the retry message is counted above)")
+        runs = "run" if task.retried == 1 else "runs"
+        lines.append(f"retried: {task.retried} {runs} ended in self.retry(), an outcome as on "
+                     "a worker, not a failure (the retry message is counted above)")
     return lines
 
 
