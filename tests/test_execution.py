@@ -31,6 +31,7 @@ CANVAS = {  # task → what one run of it publishes (task name → count)
     "builds_chord": {"execapp.tasks.add": 2},  # the header; the body waits for it
     "replaced": {"execapp.tasks.add": 1},
     "sends_by_name": {"execapp.tasks.add": 1},
+    "publishes_from_a_greenlet": {"execapp.tasks.add": 1},  # each copy's own, not the others'
     "stamps": {"execapp.tasks.add": 1},
     "retries_once": {"execapp.tasks.retries_once": 1},
 }

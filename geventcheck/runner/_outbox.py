@@ -55,12 +55,18 @@ class Outbox:
         return self._send(producer, name, message, *args, **options)
 
     def _owner(self) -> Counter[str] | None:
-        """The run of this greenlet; a greenlet the task spawned counts for a run in flight
-        (every run in flight is a copy of the same task)."""
-        counts = self._runs.get(greenlet.getcurrent())
-        if counts is None and self._runs:
-            counts = next(iter(self._runs.values()))
-        return counts
+        """The run of this greenlet, or of the run that spawned it; failing both, a run in
+        flight (all runs in flight are copies of the same task)."""
+        glet: Any = greenlet.getcurrent()
+        for _ in range(64):
+            if glet is None:
+                break
+            counts = self._runs.get(glet)
+            if counts is not None:
+                return counts
+            spawner = getattr(glet, "spawning_greenlet", None)  # a weakref on gevent.Greenlet
+            glet = spawner() if spawner is not None else getattr(glet, "parent", None)
+        return next(iter(self._runs.values()), None)
 
     def begin(self) -> None:
         """Start counting for the run in the current greenlet."""

@@ -47,6 +47,14 @@ def retries_once(self):
     return "ok on retry"
 
 
+@app.task
+def publishes_from_a_greenlet():
+    import gevent
+
+    gevent.spawn(add.delay, 4, 4).join()  # counted for the task that spawned it
+    return "spawned"
+
+
 @app.task(bind=True)
 def sends_by_name(self):
     self.app.send_task("execapp.tasks.add", args=(1, 2))
