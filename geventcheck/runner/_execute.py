@@ -89,7 +89,11 @@ class RunResult:
         if self.formatted is not None:
             return _tail([self.formatted])
         if self.error is not None:
-            return _tail(traceback.format_exception(self.error))
+            found = traceback.TracebackException.from_exception(self.error)
+            # the hook watcher's own frame is not the user's business
+            found.stack = traceback.StackSummary.from_list(
+                [f for f in found.stack if f.filename != __file__])
+            return _tail(list(found.format()))
         return []
 
 
