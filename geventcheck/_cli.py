@@ -69,6 +69,9 @@ def cli() -> None:
               help="Seed of the schedule search, to reproduce a finding.")
 @click.option("--shim", "shims", multiple=True, type=click.Choice(sorted(SHIMS)),
               help="Apply a gevent shim in the audited process first (repeatable).")
+@click.option("--allow-publish", is_flag=True,
+              help="Send the messages tasks publish (chains, chords, retries, send_task) to "
+                   "the app's real broker; by default they are captured and counted.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
               help="Write the JSON report here (atomically).")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, writable=True),
@@ -78,7 +81,8 @@ def audit(  # noqa: PLR0917 - click passes every option as an argument
     app: str | None, scenario_path: str | None, django_settings: str | None,
     workdir: str | None, globs: tuple[str, ...],
     concurrency: int, warn_ms: float, threshold_ms: float, task_timeout: float, runs: int,
-    explore: int, explore_seed: int, shims: tuple[str, ...], json_path: str | None,
+    explore: int, explore_seed: int, shims: tuple[str, ...], allow_publish: bool,
+    json_path: str | None,
     markdown_path: str | None, verbose: bool,
 ) -> None:
     """Run every task of a Celery app under a monkey-patched gevent worker and judge it."""
@@ -98,7 +102,8 @@ def audit(  # noqa: PLR0917 - click passes every option as an argument
     settings = Settings(threshold_ms=threshold_ms, warn_ms=warn_ms, concurrency=concurrency,
                         task_timeout_s=task_timeout, runs=runs, mode="inprocess",
                         shims=tuple(shims), explore=explore if _has_hypothesis() else 0,
-                        explore_seed=explore_seed)
+                        explore_seed=explore_seed,
+                        allow_publish=allow_publish or bool(scenario and scenario.allow_publish))
     out = Console(width=None if sys.stdout.isatty() else 160)
     err = Console(stderr=True)
     progress = Progress(TextColumn("[bold]auditing"), BarColumn(), MofNCompleteColumn(),

@@ -146,7 +146,9 @@ def judge(rec: TaskRecord, warn_ms: float, services: dict[str, str] | None = Non
         classification = classify(own_wall, cpu, max_block, warn_ms, len(runs))
         findings = [_refused(f) if f.kind == "egress" else f for f in findings]
         refused = [f for f in findings if f.kind == "egress"]
-        all_failed = bool(runs) and not ok_runs
+        # every measured run, solo and concurrent, failed: nothing about it was certified
+        measured_runs = runs + [r for r in rec.concurrent_runs if r.get("wall_ms") is not None]
+        all_failed = bool(measured_runs) and all(r.get("error") for r in measured_runs)
         if any(f.kind == "crash" and f.cause == "geventcheck" for f in findings):
             verdict, reason = "error", ("not certified: geventcheck itself failed while this "
                                         "task ran (see the crash finding)")
@@ -164,7 +166,8 @@ def judge(rec: TaskRecord, warn_ms: float, services: dict[str, str] | None = Non
         classification, findings)
     return TaskReport(rec.name, rec.queue, verdict, classification, pool, stats,
                       tuple(findings), services=dict(sorted(rec.service_calls.items())),
-                      reason=reason)
+                      reason=reason, published=dict(sorted(rec.published.items())),
+                      retried=rec.retries)
 
 
 def _not_run_reason(rec: TaskRecord) -> str:

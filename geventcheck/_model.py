@@ -77,6 +77,9 @@ class TaskReport:
     services: dict[str, int] = dataclasses.field(default_factory=dict)
     # why the task was not certified (not run, egress refused, every run failed)
     reason: str | None = None
+    # task messages one run published, by "<task> → <queue>" (captured unless allowed)
+    published: dict[str, int] = dataclasses.field(default_factory=dict)
+    retried: int = 0  # runs that ended in self.retry(): an outcome, not a failure
 
     @property
     def not_certified(self) -> bool:
@@ -124,6 +127,7 @@ class Settings:
     shims: tuple[str, ...] = ()
     explore: int = 0
     explore_seed: int = 0
+    allow_publish: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,6 +189,7 @@ def report_to_dict(report: Report) -> dict[str, Any]:
             "runs": settings.runs,
             "explore": settings.explore,
             "explore_seed": settings.explore_seed,
+            "allow_publish": settings.allow_publish,
         },
         "environment": {
             "python": env.python,
@@ -210,6 +215,8 @@ def report_to_dict(report: Report) -> dict[str, Any]:
                 # extra to the schema: the pool above is no recommendation when true
                 "not_certified": t.not_certified,
                 **({"reason": t.reason} if t.reason else {}),
+                "published": dict(t.published),
+                "retried": t.retried,
             }
             for t in report.tasks
         ],

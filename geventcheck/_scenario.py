@@ -16,6 +16,7 @@ from .services import HttpService, ProxyService, Route, Service, SmtpService, ch
 
 _TOP_KEYS = {
     "app", "django_settings", "paths", "workdir", "env", "settings", "tasks", "services", "allow",
+    "allow_publish",
 }
 _SERVICE_KEYS = {
     "http": {"name", "tls", "port", "hosts", "routes", "default"},
@@ -50,6 +51,7 @@ class Scenario:
     calls: dict[str, tuple[Call, ...]] = field(default_factory=dict)
     services: tuple[Service, ...] = ()
     allow: tuple[tuple[str, int | None], ...] = ()
+    allow_publish: bool = False  # send what tasks publish to the app's real broker
     # line of each task's table in the file, for errors found once the app is loaded
     task_lines: dict[str, int | None] = field(default_factory=dict)
 
@@ -204,12 +206,14 @@ def load_scenario(path: str) -> Scenario:
                                          "services"))
     allow = tuple(_endpoint(reader, item, "allow") for item in
                   _expect(reader, data.get("allow", []), list, "allow", "allow"))
+    allow_publish = _expect(reader, data.get("allow_publish", False), bool, "allow_publish",
+                            "allow_publish")
     scenario = Scenario(
         path=path, app=app, django_settings=django, workdir=workdir, paths=tuple(paths),
         env=dict(env), settings=dict(settings),
         calls={name: _calls(reader, name, table) for name, table in tasks.items()},
         services=services,
-        allow=allow,
+        allow=allow, allow_publish=allow_publish,
         task_lines={name: reader.line_of("tasks", name) for name in tasks},
     )
     names = {service.name for service in services}

@@ -43,6 +43,17 @@ def _evidence(task: TaskReport, finding: Finding) -> Text:
     return text
 
 
+def outcome_lines(task: TaskReport, report: Report) -> list[str]:
+    """``published 3: proj.add → celery`` for each kind of message one run sent, and retries."""
+    how = "sent to the broker" if report.settings.allow_publish else "captured, not sent"
+    lines = [f"published {count}: {key}  [{how}]" for key, count in task.published.items()]
+    if task.retried:
+        runs = "run" if task.retried == 1 else "runs"
+        lines.append(f"retried: {task.retried} {runs} ended in self.retry(), an outcome as on "
+                     "a worker, not a failure (the retry message is counted above)")
+    return lines
+
+
 def render_table(report: Report, *, verbose: bool = False) -> RenderableType:
     table = Table(title="geventcheck: is each task safe on a gevent worker?", title_justify="left")
     table.add_column("task", overflow="fold")
@@ -65,12 +76,13 @@ def render_table(report: Report, *, verbose: bool = False) -> RenderableType:
         shown = sorted((f for f in task.findings
                         if verbose or f.severity != "info" or task.verdict == "skipped"),
                        key=lambda f: rank[f.severity])
-        if not shown and not task.reason:
+        if not shown and not task.reason and not task.published and not task.retried:
             continue
         parts.append(Text(f"\n{task.name}  [{task.verdict}]", style=_VERDICT_STYLE[task.verdict]))
         if task.reason:
             parts.append(Text(f"  {task.reason}", style=_VERDICT_STYLE[task.verdict]))
         parts.extend(_evidence(task, f) for f in shown)
+        parts.extend(Text(f"  {line}", style="dim") for line in outcome_lines(task, report))
     summary = report.summary()
     line = Text("\n")
     for key in ("go", "no-go", "skipped", "error"):

@@ -29,8 +29,9 @@ from .._model import Finding, finding_to_dict
 from .._paths import is_audited_file, relative
 from ..detectors import PROBES, ProbeRun, _drivers, _egress, _hub, _stalls
 from ..detectors._divergence import first_divergence
-from . import _appload
+from . import _appload, _execute
 from ._channel import ChildChannel
+from ._outbox import Outbox
 
 CONFIG_ENV = "GEVENTCHECK_CHILD"
 # Solo runs added when an error-level stall showed up in one measured run only.
@@ -59,8 +60,9 @@ class TaskRunner:
 
     def __init__(self, app: Any, cfg: dict[str, Any], chan: ChildChannel,
                  monitor: _hub.HubMonitor, roots: tuple[str, ...], *,
-                 guard: _egress.EgressGuard) -> None:
+                 guard: _egress.EgressGuard, executor: _execute.Executor) -> None:
         self.app = app
+        self.executor = executor
         self.cfg = cfg
         self.chan = chan
         self.monitor = monitor
@@ -83,12 +85,12 @@ class TaskRunner:
             outcome["line"], outcome["function"] = frames[-1].lineno, frames[-1].name
 
     def _invoke(self, task: Any, outcome: dict[str, Any], call: dict[str, Any]) -> None:
-        """One run through Celery's own local execution path (signals, request context)."""
+        """One run as a gevent worker runs a message: Celery's tracer, a worker-like request."""
         outcome["call"] = call.get("index")
         wall0, cpu0, queued0 = time.perf_counter(), time.thread_time(), _queued_ms()
         held0 = self.monitor.held_s
         try:
-            result = task.apply(args=call["args"], kwargs=call["kwargs"], throw=False)
+            run = self.executor.run(task, call["args"], call["kwargs"])
         except SystemExit as exc:
             outcome["system_exit"] = exc.code
             outcome["stack"] = traceback.format_tb(exc.__traceback__)
@@ -99,12 +101,18 @@ class TaskRunner:
             outcome["cpu_ms"] = (time.thread_time() - cpu0) * 1000
             outcome["queued_ms"] = _queued_ms() - queued0
             outcome["overhead_ms"] = (self.monitor.held_s - held0) * 1000
-        if result.failed():
-            error = result.result
-            outcome["error"] = f"{type(error).__name__}: {error}"
-            self._locate(error, outcome)
+        outcome["state"], outcome["published"] = run.state, run.published
+        if run.retry is not None:
+            outcome["retry"] = run.retry
+        if run.failed:
+            outcome["error"] = run.error_text
+            outcome["traceback"] = run.traceback_tail()
+            if run.error is not None:
+                self._locate(run.error, outcome)
         else:
-            outcome["result"] = _summary(result.result)
+            outcome["result"] = _summary(run.value)
+        self.chan.send("run", task=task.name, **{
+            k: outcome[k] for k in ("state", "published", "retry", "error") if k in outcome})
 
     def _phase(self, task: Any, phase: str, calls: list[dict[str, Any]],
                on_spawn: Callable[[Any, int], None] | None = None,
@@ -157,7 +165,8 @@ class TaskRunner:
                 out.append(Finding(
                     "task-error", "warning", f"raised {outcome['error']}",
                     file=outcome.get("file"), line=outcome.get("line"),
-                    function=outcome.get("function"), phase=phase))
+                    function=outcome.get("function"), phase=phase,
+                    stack=tuple(outcome.get("traceback", ()))))
         return out
 
     def run(self, info: _appload.TaskInfo, calls: list[dict[str, Any]]) -> None:
@@ -376,15 +385,17 @@ def main(before_patch: frozenset[str]) -> None:
     chan.send("tasks", tasks=[
         {"name": t.name, "queue": t.queue, "required": list(t.required)} for t in tasks
     ], all_tasks=sorted(name for name in app.tasks if not name.startswith("celery.")))
+    outbox = Outbox(app, allow_publish=bool(cfg.get("allow_publish")))
+    outbox.install()  # before worker_init: its receivers may publish or connect too
     try:
-        from celery import signals
-
-        # A gevent worker sends these (and never worker_process_init).
-        signals.celeryd_init.send(sender="geventcheck@audit", instance=None, conf=app.conf,
-                                  options={})
-        signals.worker_init.send(sender=None)
+        worker = _execute.start_worker(app, cfg["concurrency"])
     except Exception as exc:
-        chan.send("note", message=f"a worker_init receiver raised {exc!r}")
+        chan.send("note", message=f"starting the worker raised {exc!r} (a celeryd_init or "
+                                  "worker_init receiver?)")
+        from celery.utils.nodenames import gethostname
+
+        worker = _execute.AuditWorker(app, f"geventcheck@{gethostname()}", cfg["concurrency"])
+    executor = _execute.Executor(app, worker, outbox)
 
     roots = _appload.app_roots(app)
 
@@ -411,7 +422,7 @@ def main(before_patch: frozenset[str]) -> None:
     )
     monitor.start()
     monitor.ignore(greenlet.getcurrent())
-    runner = TaskRunner(app, cfg, chan, monitor, roots, guard=guard)
+    runner = TaskRunner(app, cfg, chan, monitor, roots, guard=guard, executor=executor)
     skip = set(cfg["skip"])
     inputs: dict[str, list[dict[str, Any]]] = cfg.get("calls") or {}
     for info in tasks:

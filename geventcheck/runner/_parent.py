@@ -65,6 +65,16 @@ class TaskRecord:
     # wall-clock (Unix) time of the task's first and last run, to match the services' log
     window: tuple[float, float] | None = None
     service_calls: dict[str, int] = field(default_factory=dict)
+    # task messages one run published ("proj.add → celery"), the most any run did
+    published: dict[str, int] = field(default_factory=dict)
+    retries: int = 0  # runs that ended in self.retry()
+
+    def add_run(self, event: dict[str, Any]) -> None:
+        """What the child said about one run beyond its timings."""
+        for key, count in (event.get("published") or {}).items():
+            self.published[key] = max(self.published.get(key, 0), int(count))
+        if event.get("retry") is not None:
+            self.retries += 1
 
     @property
     def runnable(self) -> bool:
@@ -253,6 +263,7 @@ class Auditor:
             "settings": django_overrides or {},
             "host_map": {host: list(target) for host, target in (host_map or {}).items()},
             "allow": [list(a) for a in scenario.allow] if scenario else [],
+            "allow_publish": settings.allow_publish,
         }
         self.records: dict[str, TaskRecord] = {}
         self.environment: Environment | None = None
@@ -339,6 +350,8 @@ class Auditor:
                 exit_stack = []
                 child.mark_output()
                 self.callbacks.on_task_start(current)
+            elif kind == "run" and current is not None:
+                current.add_run(event)
             elif kind == "phase" and current is not None:
                 last_progress = now
                 self._phase(current, event)
