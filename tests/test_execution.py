@@ -76,6 +76,27 @@ def audited(redis_db: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Au
     return result, queue
 
 
+def test_results_stay_in_the_audit_not_in_the_apps_result_backend(
+        redis_db: Any, tmp_path: Path) -> None:
+    """A worker stores results; the audit keeps them in its own process unless allowed."""
+    import redis
+
+    db = 11  # a database of its own: nothing else writes task results there
+    client = redis.Redis(host="127.0.0.1", port=6379, db=db)
+    try:
+        client.delete(*client.keys("celery-task-meta-*") or ["-"])
+        queue = _private_queue()
+        redis_db[1].append(queue)
+        result = run_audit("-A", "execapp", "--task", "*.builds_chain", *FAST, tmp_path=tmp_path,
+                           env={**_env(queue), "EXECAPP_REDIS_DB": str(db)})
+        assert result.task(".builds_chain")["verdict"] == "go", result.stderr
+        assert client.keys("celery-task-meta-*") == []
+        assert client.llen(queue) == 0
+    finally:
+        client.delete(queue, f"_kombu.binding.{queue}")
+        client.close()
+
+
 def test_canvas_replace_retry_and_shared_tasks_run_as_on_a_worker(
         audited: tuple[AuditResult, str]) -> None:
     result, queue = audited

@@ -18,6 +18,9 @@ from typing import Any
 import greenlet
 
 MEMORY_BROKER = "memory://"
+# Results stay in this process too: a worker stores them, the audit must not write into
+# the app's real result backend (a shared Redis or database) unless allowed.
+MEMORY_BACKEND = "cache+memory://"
 
 
 class Outbox:
@@ -30,7 +33,8 @@ class Outbox:
         self._send: Any = None
 
     def install(self) -> None:
-        """Swap the broker (unless allowed) and wrap the sender; before any connection."""
+        """Swap the broker and result backend (unless allowed) and wrap the sender; before
+        any connection."""
         app = self.app
         if not self.allow_publish:
             app.conf.broker_url = MEMORY_BROKER
@@ -39,8 +43,30 @@ class Outbox:
             # pools built from the old URL would still reach the real broker
             app._pool = None
             app.amqp._producer_pool = None
+            self._keep_results_here()
         self._send = app.amqp.send_task_message
         app.amqp.send_task_message = self._sending
+
+    def _keep_results_here(self) -> None:
+        """Swap a result backend that stores results on a server for an in-process one.
+
+        Its class is loaded first (nothing connects): a backend that cannot even load
+        stays, so its failure shows as it would on a worker. ``rpc://`` already goes
+        over the (swapped) broker.
+        """
+        from celery.app.backends import by_url
+
+        app = self.app
+        url = app.conf.result_backend
+        if not url or str(url).split(":", 1)[0] in ("disabled", "rpc", "cache+memory"):
+            return
+        try:
+            by_url(url, app.loader)
+        except Exception:
+            return
+        app.conf.result_backend = MEMORY_BACKEND
+        for holder in (app._local, app):
+            holder.__dict__.pop("backend", None)
 
     def _sending(self, producer: Any, name: str, message: Any, *args: Any,
                  **options: Any) -> Any:
