@@ -22,8 +22,9 @@ from hypothesis import strategies as st
 
 from geventcheck._model import Finding
 from geventcheck.detectors import _globalstate
-from geventcheck.detectors._globalstate import Change, Same, diff, global_writes, restore, take
+from geventcheck.detectors._bytecode import fingerprint, global_writes
 from geventcheck.detectors._probe import ProbeRun
+from geventcheck.detectors._snapshot import Change, Same, diff, restore, take
 
 from .conftest import APPS, AuditResult, run_audit
 
@@ -324,7 +325,7 @@ def test_the_load_of_the_container_a_write_goes_through_is_not_a_read() -> None:
 def test_the_analysis_never_evaluates_a_global_it_looks_at() -> None:
     [write] = global_writes(_sets_on_lazy, ())
     assert (write.glob.name, write.write.how) == ("LAZY", ".flag =")
-    assert _globalstate.fingerprint(LAZY)[0] == "object"
+    assert fingerprint(LAZY)[0] == "object"
 
 
 def test_accesses_under_a_module_lock_are_guarded() -> None:
