@@ -127,6 +127,7 @@ class Settings:
     shims: tuple[str, ...] = ()
     explore: int = 0
     explore_seed: int = 0
+    shuffle: int | None = None  # seed of the task order; None: name order
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +180,7 @@ def report_to_dict(report: Report) -> dict[str, Any]:
             "runs": settings.runs,
             "explore": settings.explore,
             "explore_seed": settings.explore_seed,
+            "shuffle": settings.shuffle,
         },
         "environment": {
             "python": env.python,

@@ -177,6 +177,9 @@ class Probe:
         self._wrap(locale, "setlocale", lambda *a, **k: "locale"
                    if (a[1:] and a[1] is not None) or k.get("locale") is not None else None)
         self._wrap(socket, "setdefaulttimeout", lambda *a, **k: "socket timeout")
+        extensions = sys.modules.get("psycopg2.extensions")  # psycogreen's patch_psycopg()
+        if extensions is not None:
+            self._wrap(extensions, "set_wait_callback", lambda *a, **k: "psycopg2 wait callback")
         self._wrap(signal, "signal", lambda sig, *a, **k: f"signal:{signals[sig]}"
                    if sig in signals else None)
         self._wrap(logging.Logger, "setLevel", lambda logger, *a, **k: "root level"

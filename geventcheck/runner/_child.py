@@ -28,7 +28,7 @@ from .._model import Finding, finding_to_dict
 from .._paths import is_audited_file, relative
 from ..detectors import PROBES, ProbeRun, _drivers, _egress, _hub, _stalls
 from ..detectors._divergence import first_divergence
-from . import _appload
+from . import _appload, _isolation
 from ._channel import ChildChannel
 
 CONFIG_ENV = "GEVENTCHECK_CHILD"
@@ -340,7 +340,7 @@ def main(before_patch: frozenset[str]) -> None:
     for attempt in guard.take_attempts():
         chan.send("note", message=f"loading the app tried to reach {attempt.endpoint} "
                                   f"({attempt.kind}) at {attempt.file}:{attempt.line}: refused")
-    tasks = _appload.list_tasks(app, tuple(cfg["globs"]))
+    tasks = _isolation.ordered(_appload.list_tasks(app, tuple(cfg["globs"])), cfg.get("shuffle"))
     imported_before = sorted(m for m in MATTERS_BEFORE_PATCH if m in before_patch)
     chan.send(
         "environment", **_versions(), patched=bool(is_module_patched("socket")),
@@ -381,6 +381,7 @@ def main(before_patch: frozenset[str]) -> None:
     monitor.start()
     monitor.ignore(greenlet.getcurrent())
     runner = TaskRunner(app, cfg, chan, monitor, roots, guard=guard)
+    isolation = _isolation.TaskIsolation(roots)
     skip = set(cfg["skip"])
     inputs: dict[str, list[dict[str, Any]]] = cfg.get("calls") or {}
     for info in tasks:
@@ -388,6 +389,8 @@ def main(before_patch: frozenset[str]) -> None:
             continue
         chan.send("task-start", task=info.name, t=time.time())
         runner.run(info, inputs.get(info.name) or [{"args": [], "kwargs": {}}])
+        chan.send("phase", task=info.name, phase="isolation",
+                  findings=[finding_to_dict(f) for f in isolation.after_task()])
         chan.send("task-done", task=info.name, t=time.time())
     monitor.stop()
     # Drivers imported by the tasks themselves are loaded only now.
