@@ -25,6 +25,7 @@ FINDING_KINDS = (
     "db-connections",
     "unpatched-module",
     "egress",
+    "child-process",
     "deadlock",
     "timeout",
     "crash",
@@ -128,6 +129,7 @@ class Settings:
     explore: int = 0
     explore_seed: int = 0
     shuffle: int | None = None  # seed of the task order; None: name order
+    sandbox: bool = False  # the audited process tree in a network namespace of its own
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,6 +183,7 @@ def report_to_dict(report: Report) -> dict[str, Any]:
             "explore": settings.explore,
             "explore_seed": settings.explore_seed,
             "shuffle": settings.shuffle,
+            "sandbox": settings.sandbox,
         },
         "environment": {
             "python": env.python,

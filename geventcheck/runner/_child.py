@@ -26,7 +26,7 @@ from gevent.pool import Pool
 from .. import _version
 from .._model import Finding, finding_to_dict
 from .._paths import is_audited_file, relative
-from ..detectors import PROBES, ProbeRun, _drivers, _egress, _hub, _stalls
+from ..detectors import PROBES, ProbeRun, _children, _drivers, _egress, _hub, _stalls
 from ..detectors._divergence import first_divergence
 from . import _appload, _isolation
 from ._channel import ChildChannel
@@ -290,6 +290,17 @@ def _egress_guard(cfg: dict[str, Any]) -> _egress.EgressGuard:
     return guard
 
 
+def _guard_children(cfg: dict[str, Any], guard: _egress.EgressGuard,
+                    roots: tuple[str, ...]) -> _children.ChildProcesses:
+    """Name every process a task starts, and hand the egress guard to Python children."""
+    report = os.path.join(os.path.dirname(cfg["crashlog"]), f"child-egress-{os.getpid()}.jsonl")
+    children = _children.ChildProcesses(roots, guard_report=report)
+    os.environ.update(_children.child_guard_env(
+        sorted(guard.allowed, key=repr), guard.host_map, guard.port_map, report))
+    children.install()
+    return children
+
+
 def _egress_findings(attempts: list[_egress.EgressAttempt], phase: str) -> list[Finding]:
     return [Finding(
         "egress", "error",
@@ -337,6 +348,10 @@ def main(before_patch: frozenset[str]) -> None:
     for host, port in _appload.configured_endpoints(app):
         guard.allowed.add((host.lower(), port))
         guard.allowed_hosts.add(host.lower())
+    if cfg.get("sandbox"):  # bridges into the namespace, asked for before any task runs
+        from ._sandbox import declare
+
+        guard.host_map.update(declare(cfg["sandbox"], _appload.configured_endpoints(app)))
     for attempt in guard.take_attempts():
         chan.send("note", message=f"loading the app tried to reach {attempt.endpoint} "
                                   f"({attempt.kind}) at {attempt.file}:{attempt.line}: refused")
@@ -361,6 +376,7 @@ def main(before_patch: frozenset[str]) -> None:
         chan.send("note", message=f"a worker_init receiver raised {exc!r}")
 
     roots = _appload.app_roots(app)
+    children = _guard_children(cfg, guard, roots)
 
     def on_deadlock(age: float, evidence: _hub.Evidence) -> None:
         stack = evidence.stack
@@ -388,9 +404,11 @@ def main(before_patch: frozenset[str]) -> None:
         if info.name in skip or (info.needs_args and info.name not in inputs):
             continue
         chan.send("task-start", task=info.name, t=time.time())
+        children.install()  # again: a task may have imported multiprocessing meanwhile
         runner.run(info, inputs.get(info.name) or [{"args": [], "kwargs": {}}])
+        after = children.take_findings() + isolation.after_task()
         chan.send("phase", task=info.name, phase="isolation",
-                  findings=[finding_to_dict(f) for f in isolation.after_task()])
+                  findings=[finding_to_dict(f) for f in after])
         chan.send("task-done", task=info.name, t=time.time())
     monitor.stop()
     # Drivers imported by the tasks themselves are loaded only now.

@@ -1,0 +1,171 @@
+"""Processes a task starts: named, guarded when they are Python, contained by --sandbox.
+
+Every audit here runs inside a fresh network namespace (``unshare --net``) that has
+only ``lo``, with 192.0.2.1 (TEST-NET-1) put on it and a trap listening there:
+whatever gets past geventcheck lands in the trap's log and nowhere else. The audit
+without --sandbox is the control: its shell child does reach the trap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from .conftest import APPS, SCHEMA
+
+TASKS = "children/tasks.py"
+
+TRAP = r'''
+import os, select, socket, sys
+
+log = open(sys.argv[1], "a", buffering=1)
+outside = socket.socket(); outside.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+outside.bind(("192.0.2.1", 80)); outside.listen(64); outside.setblocking(False)
+sync = socket.socket(); sync.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+sync.bind(("127.0.0.1", 8099)); sync.listen(8)
+open(sys.argv[2], "w").close()
+
+
+def drain():
+    while True:
+        try:
+            conn, peer = outside.accept()
+        except BlockingIOError:
+            return
+        log.write(f"{peer[0]} -> 192.0.2.1:80\n")
+        conn.close()
+
+
+while True:
+    ready, _, _ = select.select([outside, sync], [], [])
+    drain()
+    if sync in ready:
+        conn, _ = sync.accept()
+        conn.sendall(b"k")  # everything that came before is in the log
+        conn.close()
+'''
+
+BODY = """
+ip link set lo up
+ip addr add 192.0.2.1/32 dev lo
+{python} {trap} {log} {ready} &
+trap_pid=$!
+for _ in $(seq 100); do [ -e {ready} ] && break; sleep 0.05; done
+set +e
+{python} -m geventcheck audit -A children --runs 1 -c 2 --explore 0 --json {report} {args}
+rc=$?
+{python} -c "import socket; socket.create_connection(('127.0.0.1', 8099)).recv(1)"
+kill $trap_pid
+exit $rc
+"""
+
+
+def _skip_or_fail(message: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def _audit_in_netns(tmp: Path, *args: str) -> tuple[int, dict[str, Any] | None, list[str], str]:
+    """The exit code, the report, the trap's log and stderr of one audit."""
+    (tmp / "trap.py").write_text(TRAP)
+    body = BODY.format(python=sys.executable, trap=tmp / "trap.py", log=tmp / "trap.log",
+                       ready=tmp / "ready", report=tmp / "report.json", args=" ".join(args))
+    proc = subprocess.run(["unshare", "--net", "--", "sh", "-ec", body], cwd=APPS,
+                          capture_output=True, text=True, timeout=240)
+    report = tmp / "report.json"
+    log = tmp / "trap.log"
+    return (proc.returncode, json.loads(report.read_text()) if report.exists() else None,
+            log.read_text().splitlines() if log.exists() else [], proc.stderr)
+
+
+@pytest.fixture(scope="module")
+def netns(tmp_path_factory: pytest.TempPathFactory) -> None:
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        _skip_or_fail("these tests need unshare (util-linux) and ip (iproute2)")
+    proc = subprocess.run(["unshare", "--net", "--", "ip", "link", "set", "lo", "up"],
+                          capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        _skip_or_fail("these tests need a private network namespace (`unshare --net` as "
+                      f"root) and failed to make one: {proc.stderr.strip()}")
+
+
+def _task(report: dict[str, Any] | None, suffix: str) -> dict[str, Any]:
+    assert report is not None
+    [task] = [t for t in report["tasks"] if t["name"].endswith(suffix)]
+    return task
+
+
+def _line_of(marker: str) -> int:
+    lines = (APPS / TASKS).read_text().splitlines()
+    [line] = [n for n, text in enumerate(lines, 1) if text.rstrip().endswith(f"# {marker}")]
+    return line
+
+
+def _of_kind(task: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    return [f for f in task["findings"] if f["kind"] == kind]
+
+
+@pytest.fixture(scope="module")
+def sandboxed(netns: None, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return _audit_in_netns(tmp_path_factory.mktemp("sandboxed"), "--sandbox")
+
+
+def test_in_the_sandbox_a_shell_child_gets_nowhere_and_is_named(sandboxed: Any) -> None:
+    rc, report, trap, stderr = sandboxed
+    assert report is not None, stderr
+    assert trap == []  # not one connection reached the outside address
+    jsonschema.validate(report, json.loads(Path(SCHEMA).read_text()))
+    assert report["settings"]["sandbox"] is True
+    task = _task(report, ".shell_child_reaches_out")
+    [started] = _of_kind(task, "child-process")
+    assert started["severity"] == "info"
+    assert (started["file"], started["line"]) == (TASKS, _line_of("the shell line"))
+    assert "bash -c 'exec 3<>/dev/tcp/192.0.2.1/80'" in started["message"]
+    assert "exit code 1" in started["message"]
+    assert rc == 1  # the Python child's refused egress makes the audit fail
+
+
+def test_a_python_child_inherits_the_egress_guard(sandboxed: Any) -> None:
+    _, report, trap, _ = sandboxed
+    assert trap == []
+    task = _task(report, ".python_child_reaches_out")
+    assert task["verdict"] == "no-go"
+    egress = _of_kind(task, "egress")
+    assert egress and all(f["endpoint"] == "192.0.2.1:80" for f in egress)
+    assert all((f["file"], f["line"]) == (TASKS, _line_of("the python line")) for f in egress)
+    assert "a child process" in egress[0]["message"]
+    assert "refused it before anything was sent" in egress[0]["message"]
+
+
+def test_a_child_that_stays_home_is_named_with_its_exit_code(sandboxed: Any) -> None:
+    _, report, _, _ = sandboxed
+    task = _task(report, ".lists_a_folder")
+    assert task["verdict"] == "go"
+    [started] = _of_kind(task, "child-process")
+    assert "ls /" in started["message"] and "exit code 0" in started["message"]
+    assert started["line"] == _line_of("the ls line")
+
+
+def test_without_the_sandbox_only_python_children_are_guarded(
+        netns: None, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The control: the trap does catch what escapes, and a shell child does escape."""
+    _, shell, shell_trap, stderr = _audit_in_netns(
+        tmp_path_factory.mktemp("shell"), "--task", "'*shell_child_reaches_out'")
+    assert shell is not None, stderr
+    assert shell_trap, "without --sandbox the shell child reached the trap"
+    [started] = _of_kind(_task(shell, ".shell_child_reaches_out"), "child-process")
+    assert "exit code 0" in started["message"]
+    _, python, python_trap, stderr = _audit_in_netns(
+        tmp_path_factory.mktemp("python"), "--task", "'*python_child_reaches_out'")
+    assert python is not None, stderr
+    assert python_trap == []
+    assert _of_kind(_task(python, ".python_child_reaches_out"), "egress")
