@@ -68,6 +68,9 @@ def cli() -> None:
               help="Seed of the schedule search, to reproduce a finding.")
 @click.option("--shuffle", type=int, metavar="SEED",
               help="Run the tasks in a random order this seed reproduces (default: by name).")
+@click.option("--sandbox", is_flag=True,
+              help="Run the audited process tree in a network namespace of its own, where "
+                   "only the allowed endpoints are bridged in (Linux, root).")
 @click.option("--shim", "shims", multiple=True, type=click.Choice(sorted(SHIMS)),
               help="Apply a gevent shim in the audited process first (repeatable).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
@@ -79,7 +82,8 @@ def audit(  # noqa: PLR0917 - click passes every option as an argument
     app: str | None, scenario_path: str | None, django_settings: str | None,
     workdir: str | None, globs: tuple[str, ...],
     concurrency: int, warn_ms: float, threshold_ms: float, task_timeout: float, runs: int,
-    explore: int, explore_seed: int, shuffle: int | None, shims: tuple[str, ...],
+    explore: int, explore_seed: int, shuffle: int | None, sandbox: bool,
+    shims: tuple[str, ...],
     json_path: str | None, markdown_path: str | None, verbose: bool,
 ) -> None:
     """Run every task of a Celery app under a monkey-patched gevent worker and judge it."""
@@ -99,7 +103,7 @@ def audit(  # noqa: PLR0917 - click passes every option as an argument
     settings = Settings(threshold_ms=threshold_ms, warn_ms=warn_ms, concurrency=concurrency,
                         task_timeout_s=task_timeout, runs=runs, mode="inprocess",
                         shims=tuple(shims), explore=explore if _has_hypothesis() else 0,
-                        explore_seed=explore_seed, shuffle=shuffle)
+                        explore_seed=explore_seed, shuffle=shuffle, sandbox=sandbox)
     out = Console(width=None if sys.stdout.isatty() else 160)
     err = Console(stderr=True)
     progress = Progress(TextColumn("[bold]auditing"), BarColumn(), MofNCompleteColumn(),

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,7 @@ from .._paths import is_audited_file, relative
 from .._scenario import Scenario
 from . import _child
 from ._channel import make_pipe, read_events
+from ._sandbox import Sandbox, SandboxError
 
 # Time the child gets to write its stacks after SIGUSR1, and to load the app.
 _DUMP_GRACE_S = 1.0
@@ -105,13 +106,14 @@ class _Child:
     """One child process and the thread that reads its channel."""
 
     def __init__(self, cfg: dict[str, Any], workdir: str, log: Any, cwd: str | None,
-                 env: dict[str, str]) -> None:
+                 env: dict[str, str], *,
+                 spawn: Callable[..., Any] = subprocess.Popen) -> None:
         read_fd, write_fd = make_pipe()
         self.crashlog = os.path.join(workdir, f"crash-{time.monotonic_ns()}.log")
         cfg = {**cfg, "fd": write_fd, "crashlog": self.crashlog}
         env = {**os.environ, **env, _child.CONFIG_ENV: _json_dumps(cfg),
                "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
+        self.proc = spawn(
             [sys.executable, "-c", _child.BOOTSTRAP], env=env, pass_fds=(write_fd,),
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd=cwd,
         )
@@ -192,23 +194,29 @@ class Auditor:
             "task_timeout": settings.task_timeout_s, "shims": list(settings.shims), "skip": [],
             "calls": scenario.calls_as_json() if scenario else {},
             "explore": settings.explore, "explore_seed": settings.explore_seed,
-            "shuffle": settings.shuffle,
+            "shuffle": settings.shuffle, "sandbox": None,
             "paths": list(scenario.paths) if scenario else [],
             "settings": django_overrides or {},
             "host_map": {host: list(target) for host, target in (host_map or {}).items()},
             "allow": [list(a) for a in scenario.allow] if scenario else [],
         }
         self.records: dict[str, TaskRecord] = {}
+        self.sandbox: Sandbox | None = None
         self.environment: Environment | None = None
         self.notes: list[str] = []
 
     def run(self) -> AuditRun:
-        with tempfile.TemporaryDirectory(prefix="geventcheck-") as workdir:
+        with tempfile.TemporaryDirectory(prefix="geventcheck-") as workdir, \
+                _sandbox_for(self.settings, self.cfg, workdir) as sandbox:
             log_path = os.path.join(workdir, "child.log")
             with open(log_path, "ab") as log:
                 while True:
+                    self.sandbox = sandbox
+                    if sandbox is not None:
+                        sandbox.open_declarations()
                     child = _Child({**self.cfg, "skip": self._handled()}, workdir, log,
-                                   cwd=self.workdir, env=self.env)
+                                   cwd=self.workdir, env=self.env,
+                                   spawn=sandbox.popen if sandbox else subprocess.Popen)
                     try:
                         complete = self._supervise(child, log_path)
                     finally:
@@ -259,6 +267,8 @@ class Auditor:
                     self._register(event["tasks"])
                     loaded = True
             elif kind == "task-start":
+                if self.sandbox is not None:
+                    self.sandbox.close_declarations()  # no task may open a bridge
                 current = self.records[event["task"]]
                 current.started = True
                 at = event.get("t", time.time())
@@ -399,6 +409,27 @@ class Auditor:
         detail = tail[-1] if tail else ""
         return (f"the audit process {_describe_exit(child.proc.returncode)} while loading "
                 f"{self.app!r}" + (f": {detail}" if detail else ""))
+
+
+@contextlib.contextmanager
+def _sandbox_for(settings: Settings, cfg: dict[str, Any], workdir: str) -> Iterator[Sandbox | None]:
+    """With --sandbox, the namespace with the scenario's services and allow entries bridged
+    in; the child declares the app's own endpoints itself (see _sandbox)."""
+    if not settings.sandbox:
+        yield None
+        return
+    try:
+        sandbox = Sandbox(workdir)
+    except SandboxError as exc:
+        raise AuditError(str(exc)) from exc
+    try:
+        for host, port in [*cfg["host_map"].values(), *cfg["allow"]]:
+            if port is not None:
+                sandbox.bridge(host, int(port))
+        cfg["sandbox"] = sandbox.control_path
+        yield sandbox
+    finally:
+        sandbox.close()
 
 
 _TB_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)')
