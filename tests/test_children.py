@@ -169,3 +169,30 @@ def test_without_the_sandbox_only_python_children_are_guarded(
     assert python is not None, stderr
     assert python_trap == []
     assert _of_kind(_task(python, ".python_child_reaches_out"), "egress")
+
+
+@pytest.mark.service("postgres")
+def test_the_sandbox_bridges_the_scenarios_services_in(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Fake APIs, the mail fake and the latency proxy to the real PostgreSQL answer inside
+    the namespace as outside: the same verdicts, the same requests counted."""
+    from .conftest import require_service, run_audit
+
+    require_service("postgres")
+    scenario = str(APPS / "svcapp" / "scenario.toml")
+    args = ("--scenario", scenario, "--runs", "1", "-c", "2", "--explore", "0")
+    outside = run_audit(*args, tmp_path=tmp_path_factory.mktemp("outside"))
+    inside = run_audit(*args, "--sandbox", tmp_path=tmp_path_factory.mktemp("inside"))
+    assert inside.report is not None and outside.report is not None, inside.stderr
+
+    def seen(report: dict[str, Any]) -> dict[str, Any]:
+        return {t["name"]: (t["verdict"], t["services"],
+                            sorted({f["kind"] for f in t["findings"]
+                                    if f["severity"] == "error"}))
+                for t in report["tasks"]}
+
+    assert seen(inside.report) == seen(outside.report)
+    assert inside.report["settings"]["sandbox"] is True
+    psycopg2 = inside.task(".count_orders_psycopg2")
+    assert any(f.get("service") == "pg" for f in psycopg2["findings"]
+               if f["kind"] == "blocking-call")

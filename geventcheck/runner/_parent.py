@@ -180,7 +180,8 @@ class Auditor:
                  workdir: str | None = None, scenario: Scenario | None = None,
                  env: dict[str, str] | None = None,
                  django_overrides: dict[str, Any] | None = None,
-                 host_map: dict[str, tuple[str, int]] | None = None) -> None:
+                 host_map: dict[str, tuple[str, int]] | None = None,
+                 services: list[tuple[str, int]] | None = None) -> None:
         self.app = app
         self.workdir = workdir
         self.scenario = scenario
@@ -199,6 +200,7 @@ class Auditor:
             "settings": django_overrides or {},
             "host_map": {host: list(target) for host, target in (host_map or {}).items()},
             "allow": [list(a) for a in scenario.allow] if scenario else [],
+            "services": [list(s) for s in services or []],
         }
         self.records: dict[str, TaskRecord] = {}
         self.sandbox: Sandbox | None = None
@@ -423,7 +425,7 @@ def _sandbox_for(settings: Settings, cfg: dict[str, Any], workdir: str) -> Itera
     except SandboxError as exc:
         raise AuditError(str(exc)) from exc
     try:
-        for host, port in [*cfg["host_map"].values(), *cfg["allow"]]:
+        for host, port in [*cfg["services"], *cfg["host_map"].values(), *cfg["allow"]]:
             if port is not None:
                 sandbox.bridge(host, int(port))
         cfg["sandbox"] = sandbox.control_path
