@@ -245,6 +245,9 @@ class _Scan:
     accesses: dict[int, Access] = field(default_factory=dict)
     guarded: list[tuple[int, int]] = field(default_factory=list)
     callees: list[Any] = field(default_factory=list)
+    calls_to: dict[int, Any] = field(default_factory=dict)  # CALL offset -> app function
+    # accesses a called app function makes, counted at the call (see global_writes)
+    via: list[Access] = field(default_factory=list)
 
     def is_guarded(self, offset: int) -> bool:
         return any(lo <= offset < hi for lo, hi in self.guarded)
@@ -366,6 +369,9 @@ def scan(code: types.CodeType, ns: dict[str, Any], roots: tuple[str, ...]) -> _S
                     record(ins, "write", mutator.glob, mutator.detail, mutator.origin)
                 elif not any(t.kind == "builtin" for t in slots):
                     record(ins, "call")
+                    helper = next((t.callee for t in slots if t.kind == "func"), None)
+                    if helper is not None:
+                        out.calls_to[ins.offset] = helper
                 _pop_push(stack, n + 2, 1)
             elif name == "CALL_FUNCTION_EX":
                 record(ins, "call")
@@ -440,6 +446,7 @@ def global_writes(func: Any, roots: tuple[str, ...], depth: int = 2) -> list[Glo
     """
     found: list[GlobalWrite] = []
     seen: set[types.CodeType] = set()
+    summaries: dict[types.CodeType, list[Access]] = {}
     level = [func] if isinstance(func, types.FunctionType) else []
     for _ in range(depth + 1):
         following: list[Any] = []
@@ -452,15 +459,49 @@ def global_writes(func: Any, roots: tuple[str, ...], depth: int = 2) -> list[Glo
                     result = scan(code, function.__globals__, roots)
                 except (ValueError, TypeError, KeyError, IndexError):
                     continue  # bytecode this analysis does not know: skip that function
+                result.via = _through_helpers(code, result, roots, summaries)
                 found += _pair(code, result)
                 following += [c for c in result.callees if c.__code__ not in seen]
         level = following
-    return found
+    # A global paired with a read somewhere needs no second, unpaired finding from the
+    # helper that writes it.
+    paired = {w.glob for w in found if w.pattern is not None}
+    return [w for w in found if w.pattern is not None or w.glob not in paired]
+
+
+def _through_helpers(code: types.CodeType, result: _Scan, roots: tuple[str, ...],
+                     summaries: dict[types.CodeType, list[Access]]) -> list[Access]:
+    """The module globals each called app function reads or writes itself, as accesses at
+    the call: ``set_user(me)``, a wait, then ``current_user()`` reads back what another
+    task set, though neither helper waits."""
+    lines = _line_table(code)
+    via: list[Access] = []
+    for offset, helper in result.calls_to.items():
+        helper_code = helper.__code__
+        if helper_code is code:
+            continue
+        if helper_code not in summaries:
+            try:
+                inner = scan(helper_code, helper.__globals__, roots)
+            except (ValueError, TypeError, KeyError, IndexError):
+                inner = _Scan()
+            summaries[helper_code] = [
+                a for a in inner.accesses.values()
+                if a.glob is not None and a.kind in ("read", "write")
+                and not inner.is_guarded(a.offset)]
+        line = lines.get(offset, code.co_firstlineno)
+        touched: dict[tuple[Global, str], Access] = {}
+        for access in summaries[helper_code]:
+            assert access.glob is not None
+            touched.setdefault((access.glob, access.kind), Access(
+                offset, line, access.kind, access.glob, f"via {helper.__name__}()"))
+        via += touched.values()
+    return via
 
 
 def _pair(code: types.CodeType, result: _Scan) -> list[GlobalWrite]:
-    accesses = sorted((a for a in result.accesses.values() if not result.is_guarded(a.offset)),
-                      key=lambda a: a.offset)
+    accesses = sorted((a for a in [*result.accesses.values(), *result.via]
+                       if not result.is_guarded(a.offset)), key=lambda a: a.offset)
     calls = [a for a in accesses if a.kind == "call"]
     writes: dict[Global, list[Access]] = {}
     for access in accesses:
@@ -494,7 +535,9 @@ def _pair(code: types.CodeType, result: _Scan) -> list[GlobalWrite]:
                     best = GlobalWrite(glob, code, write, "write-then-read", after[0],
                                        call.line if call else None)
                     break
-        found.append(best or GlobalWrite(glob, code, its_writes[0]))
+        direct = [w for w in its_writes if not w.how.startswith("via ")]
+        if best is not None or direct:  # else the helper's own scan reports its write
+            found.append(best or GlobalWrite(glob, code, direct[0]))
     return found
 
 

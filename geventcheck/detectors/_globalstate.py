@@ -35,6 +35,7 @@ import greenlet
 
 from .._model import Finding
 from ._bytecode import (
+    Access,
     Global,
     GlobalWrite,
     Site,
@@ -385,10 +386,10 @@ class Probe:
             confirmed = self._confirmed.get(id(write))
             if write.pattern == "read-then-write" and write.read is not None:
                 assigns = write.write.how == "="
-                text = (f"module global {glob.label} is read at line {write.read.line}, then a "
+                text = (f"module global {glob.label} is read at {_at(write.read)}, then a "
                         f"call that may switch to another task (line {write.call_line}), then "
-                        + (f"written at line {write.write.line} from what was read" if assigns
-                           else f"changed at line {write.write.line} "
+                        + (f"written at {_at(write.write)} from what was read" if assigns
+                           else f"changed at {_at(write.write)} "
                                 f"({_statement(glob, write.write.how)})"))
                 outcome = ("this write overwrote that update (a lost update)" if assigns else
                            "this change acted on what it read before (a check-then-act race)")
@@ -400,8 +401,8 @@ class Probe:
                     text += (": on a gevent worker other copies run in between, and "
                              + outcome.replace("this", "the", 1))
             elif write.pattern == "write-then-read" and write.read is not None:
-                text = (f"module global {glob.label} is written at line {write.write.line} and "
-                        f"read back at line {write.read.line} after a call that may switch to "
+                text = (f"module global {glob.label} is written at {_at(write.write)} and "
+                        f"read back at {_at(write.read)} after a call that may switch to "
                         f"another task (line {write.call_line})")
                 if confirmed is not None:
                     text += (f": another copy changed it from {_describe_fp(confirmed.before)} "
@@ -433,8 +434,16 @@ def _how(glob: Global, how: str) -> str:
     return f"mutates module global {glob.label} ({_statement(glob, how)})"
 
 
+def _at(access: Access) -> str:
+    """``line 12``, or ``line 12 (in set_user())`` for an access a called helper makes."""
+    helper = f" (in {access.how[4:]})" if access.how.startswith("via ") else ""
+    return f"line {access.line}{helper}"
+
+
 def _statement(glob: Global, how: str) -> str:
     """The kind of statement that wrote a global: ``CACHE[...] = ...``, ``ITEMS.append(...)``."""
+    if how.startswith("via "):
+        return f"{how[4:]} writes {glob.name}"
     if how == "del [...]":
         return f"del {glob.name}[...]"
     if how == "=":
