@@ -196,3 +196,17 @@ def test_the_sandbox_bridges_the_scenarios_services_in(
     psycopg2 = inside.task(".count_orders_psycopg2")
     assert any(f.get("service") == "pg" for f in psycopg2["findings"]
                if f["kind"] == "blocking-call")
+
+
+@pytest.mark.parametrize(("marker", "words"), [
+    ("the system line", ["with os.system: exit 4", "(exit code 4)"]),
+    ("the spawn line", ["with os.spawnv: sh -c 'exit 3'", "(exit code 3)"]),
+])
+def test_os_system_and_spawn_are_named_with_their_exit_codes(
+        sandboxed: Any, marker: str, words: list[str]) -> None:
+    _, report, _, _ = sandboxed
+    found = [f for f in _of_kind(_task(report, ".exits_with_codes"), "child-process")
+             if f["line"] == _line_of(marker)]
+    assert len(found) == 1, found
+    for word in words:
+        assert word in found[0]["message"]

@@ -14,6 +14,7 @@ event and forks in Python, so ``os.exec`` fires in the child, where no one hears
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import json
 import os
@@ -35,6 +36,10 @@ _SITE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file_
                          "runner", "childguard")
 _EGRESS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_egress.py")
 _MARK = "__geventcheck_children__"
+# Launches in progress in this greenlet (each greenlet has its own context): gevent's
+# Popen waits cooperatively while it starts, and another copy may launch meanwhile.
+_DEPTH: contextvars.ContextVar[int] = contextvars.ContextVar("geventcheck_launching",
+                                                             default=0)
 _UNKNOWN = object()
 
 
@@ -68,7 +73,6 @@ class ChildProcesses:
     guard_report: str | None = None  # where guarded Python children write their refusals
     started: list[Started] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _depth: threading.local = field(default_factory=threading.local)
     _report_offset: int = 0
 
     # -- recording ---------------------------------------------------------------------
@@ -82,15 +86,15 @@ class ChildProcesses:
 
     def _outer(self) -> bool:
         """The first of nested launches (multiprocessing forks through os.fork)."""
-        return not getattr(self._depth, "n", 0)
+        return not _DEPTH.get()
 
     @contextlib.contextmanager
     def _nested(self) -> Any:
-        self._depth.n = getattr(self._depth, "n", 0) + 1
+        token = _DEPTH.set(_DEPTH.get() + 1)
         try:
             yield
         finally:
-            self._depth.n -= 1
+            _DEPTH.reset(token)
 
     def install(self) -> None:
         """Wrap every way to start a process; idempotent."""
@@ -139,8 +143,10 @@ class ChildProcesses:
                 if result[0] == 0:
                     return result
                 recorder._record(Started(command, how, site, pid=result[0]))
-            elif status or (spawn and args and args[0] == os.P_WAIT):
+            elif status:  # os.system: a wait status
                 recorder._record(Started(command, how, site, exit_code=_exit_code(result)))
+            elif spawn and args and args[0] == os.P_WAIT:  # already an exit code (-signal)
+                recorder._record(Started(command, how, site, exit_code=result))
             else:
                 recorder._record(Started(command, how, site,
                                          pid=result if isinstance(result, int) else None))

@@ -6,6 +6,7 @@ so whatever gets past geventcheck lands in the trap's log and nowhere else.
 The marker comments name the lines the tests expect in the findings.
 """
 
+import os
 import subprocess
 import sys
 
@@ -33,3 +34,10 @@ def python_child_reaches_out():
 def lists_a_folder():
     done = subprocess.run(["ls", "/"], capture_output=True, check=True)  # the ls line
     return len(done.stdout) > 0
+
+
+@app.task
+def exits_with_codes():
+    status = os.system("exit 4")  # the system line
+    code = os.spawnv(os.P_WAIT, "/bin/sh", ["sh", "-c", "exit 3"])  # the spawn line
+    return [status, code]
