@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 
-from ._model import Classification, Finding, Pool, Stats, TaskReport, Verdict
+from ._model import Classification, Finding, Pool, Process, Stats, TaskReport, Verdict
 from .detectors._stalls import merge
 from .runner._parent import TaskRecord
 
@@ -105,4 +105,5 @@ def judge(rec: TaskRecord, warn_ms: float, services: dict[str, str] | None = Non
             verdict = "go"
     return TaskReport(rec.name, rec.queue, verdict, classification,
                       recommend(classification, findings), stats, tuple(findings),
-                      services=dict(sorted(rec.service_calls.items())))
+                      services=dict(sorted(rec.service_calls.items())),
+                      processes=tuple(Process.from_dict(p) for p in rec.processes))

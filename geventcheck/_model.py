@@ -25,7 +25,6 @@ FINDING_KINDS = (
     "db-connections",
     "unpatched-module",
     "egress",
-    "child-process",
     "deadlock",
     "timeout",
     "crash",
@@ -76,6 +75,30 @@ class Stats:
 
 
 @dataclasses.dataclass(frozen=True)
+class Process:
+    """A command a task started (``"processes"`` of a task in the JSON report)."""
+
+    command: str
+    how: str  # "subprocess", "os.system", "os.spawnv", "os.fork", "multiprocessing", ...
+    count: int = 1
+    exit_codes: tuple[int, ...] = ()  # distinct exit codes seen; negative: killed by signal
+    running: int = 0  # still running when the task ended
+    not_waited: int = 0  # started without waiting (os.fork, posix_spawn): exit code unknown
+    errors: tuple[str, ...] = ()  # could not be started
+    file: str | None = None
+    line: int | None = None
+    function: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Process:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in fields}
+        kwargs["exit_codes"] = tuple(kwargs.get("exit_codes") or ())
+        kwargs["errors"] = tuple(kwargs.get("errors") or ())
+        return cls(**kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
 class TaskReport:
     name: str
     queue: str | None
@@ -86,6 +109,8 @@ class TaskReport:
     findings: tuple[Finding, ...] = ()
     # requests each mocked service received while this task ran
     services: dict[str, int] = dataclasses.field(default_factory=dict)
+    # processes the task started, one entry per command and line
+    processes: tuple[Process, ...] = ()
 
     @property
     def top_finding(self) -> Finding | None:
@@ -206,6 +231,7 @@ def report_to_dict(report: Report) -> dict[str, Any]:
                 "stats": _drop_none(dataclasses.asdict(t.stats)),
                 "findings": [finding_to_dict(f) for f in t.findings],
                 "services": dict(t.services),
+                "processes": [_drop_none(dataclasses.asdict(p)) for p in t.processes],
             }
             for t in report.tasks
         ],

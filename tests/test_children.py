@@ -114,6 +114,13 @@ def _of_kind(task: dict[str, Any], kind: str) -> list[dict[str, Any]]:
     return [f for f in task["findings"] if f["kind"] == kind]
 
 
+def _started(task: dict[str, Any], marker: str) -> dict[str, Any]:
+    """The report's entry for the process started on the line with this marker."""
+    [process] = [p for p in task["processes"] if p["line"] == _line_of(marker)]
+    assert process["file"] == TASKS
+    return process
+
+
 @pytest.fixture(scope="module")
 def sandboxed(netns: None, tmp_path_factory: pytest.TempPathFactory) -> Any:
     return _audit_in_netns(tmp_path_factory.mktemp("sandboxed"), "--sandbox")
@@ -126,11 +133,11 @@ def test_in_the_sandbox_a_shell_child_gets_nowhere_and_is_named(sandboxed: Any) 
     jsonschema.validate(report, json.loads(Path(SCHEMA).read_text()))
     assert report["settings"]["sandbox"] is True
     task = _task(report, ".shell_child_reaches_out")
-    [started] = _of_kind(task, "child-process")
-    assert started["severity"] == "info"
-    assert (started["file"], started["line"]) == (TASKS, _line_of("the shell line"))
-    assert "bash -c 'exec 3<>/dev/tcp/192.0.2.1/80'" in started["message"]
-    assert "exit code 1" in started["message"]
+    started = _started(task, "the shell line")
+    assert started["command"] == "bash -c 'exec 3<>/dev/tcp/192.0.2.1/80'"
+    assert started["how"] == "subprocess"
+    assert started["exit_codes"] == [1]  # bash: no route to 192.0.2.1
+    assert started["count"] == 6  # warm-up, --runs 1, 2 concurrent copies, 2 probe copies
     assert rc == 1  # the Python child's refused egress makes the audit fail
 
 
@@ -150,9 +157,8 @@ def test_a_child_that_stays_home_is_named_with_its_exit_code(sandboxed: Any) -> 
     _, report, _, _ = sandboxed
     task = _task(report, ".lists_a_folder")
     assert task["verdict"] == "go"
-    [started] = _of_kind(task, "child-process")
-    assert "ls /" in started["message"] and "exit code 0" in started["message"]
-    assert started["line"] == _line_of("the ls line")
+    started = _started(task, "the ls line")
+    assert (started["command"], started["exit_codes"]) == ("ls /", [0])
 
 
 def test_without_the_sandbox_only_python_children_are_guarded(
@@ -162,8 +168,8 @@ def test_without_the_sandbox_only_python_children_are_guarded(
         tmp_path_factory.mktemp("shell"), "--task", "'*shell_child_reaches_out'")
     assert shell is not None, stderr
     assert shell_trap, "without --sandbox the shell child reached the trap"
-    [started] = _of_kind(_task(shell, ".shell_child_reaches_out"), "child-process")
-    assert "exit code 0" in started["message"]
+    started = _started(_task(shell, ".shell_child_reaches_out"), "the shell line")
+    assert started["exit_codes"] == [0]  # it connected
     _, python, python_trap, stderr = _audit_in_netns(
         tmp_path_factory.mktemp("python"), "--task", "'*python_child_reaches_out'")
     assert python is not None, stderr
@@ -198,15 +204,23 @@ def test_the_sandbox_bridges_the_scenarios_services_in(
                if f["kind"] == "blocking-call")
 
 
-@pytest.mark.parametrize(("marker", "words"), [
-    ("the system line", ["with os.system: exit 4", "(exit code 4)"]),
-    ("the spawn line", ["with os.spawnv: sh -c 'exit 3'", "(exit code 3)"]),
+@pytest.mark.parametrize(("marker", "how", "command", "code"), [
+    ("the system line", "os.system", "exit 4", 4),
+    ("the spawn line", "os.spawnv", "sh -c 'exit 3'", 3),
 ])
 def test_os_system_and_spawn_are_named_with_their_exit_codes(
-        sandboxed: Any, marker: str, words: list[str]) -> None:
+        sandboxed: Any, marker: str, how: str, command: str, code: int) -> None:
     _, report, _, _ = sandboxed
-    found = [f for f in _of_kind(_task(report, ".exits_with_codes"), "child-process")
-             if f["line"] == _line_of(marker)]
-    assert len(found) == 1, found
-    for word in words:
-        assert word in found[0]["message"]
+    started = _started(_task(report, ".exits_with_codes"), marker)
+    assert (started["how"], started["command"], started["exit_codes"]) == (how, command, [code])
+
+
+def test_the_terminal_names_the_processes_with_v(netns: None) -> None:
+    proc = subprocess.run(
+        ["unshare", "--net", "--", sys.executable, "-m", "geventcheck", "audit", "-A",
+         "children", "--task", "*lists_a_folder", "--runs", "1", "-c", "2", "--explore", "0",
+         "-v"], cwd=APPS, capture_output=True, text=True, timeout=240,
+        env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    assert (f"process  subprocess 6 times: ls / (exit code 0) at {TASKS}:"
+            f"{_line_of('the ls line')}") in proc.stdout

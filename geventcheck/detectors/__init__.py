@@ -6,7 +6,7 @@ documentation test can check that each kind is documented.
 
 from collections.abc import Callable
 
-from . import _children, _dbconnections, _divergence, _globalstate, _stalls, _threadlocals
+from . import _dbconnections, _divergence, _globalstate, _stalls, _threadlocals
 from ._probe import Probe, ProbeRun
 
 KINDS: dict[str, str] = {kind: "stalls" for kind in _stalls.KINDS} | {"egress": "egress"}
@@ -14,7 +14,6 @@ KINDS |= {kind: "divergence" for kind in _divergence.Probe.kinds}
 KINDS |= {kind: "globalstate" for kind in _globalstate.Probe.kinds}
 KINDS |= {kind: "threadlocals" for kind in _threadlocals.Probe.kinds}
 KINDS |= {kind: "dbconnections" for kind in _dbconnections.Probe.kinds}
-KINDS |= {_children.KIND: "children"}
 
 # Factories of the probes that watch each task's probe run (see _probe.py).
 PROBES: list[Callable[[], Probe]] = [

@@ -1,4 +1,4 @@
-"""Every process a task starts, named with its command and exit code (``child-process``).
+"""Every process a task starts, named with its command and exit code (``processes``).
 
 The egress guard lives in the audited process. A task that runs a script or a shell
 command can reach out from a process the guard never sees, so each process a task
@@ -29,7 +29,6 @@ from typing import Any
 from .._model import Finding
 from ._bytecode import Site, app_site, shown_path
 
-KIND = "child-process"
 # Set in the audited process; every Python child that inherits it installs the guard.
 GUARD_ENV = "GEVENTCHECK_CHILD_GUARD"
 _SITE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -207,16 +206,16 @@ class ChildProcesses:
         setattr(cls, "start", started)  # noqa: B010 - replaced on the class, for every process
 
     # -- reporting ---------------------------------------------------------------------
-    def take_findings(self) -> list[Finding]:
-        """What the task started since the last call, one finding per command and line,
-        and the refusals its guarded Python children recorded."""
+    def take(self) -> tuple[list[dict[str, Any]], list[Finding]]:
+        """What the task started since the last call (one ``_model.Process`` entry per
+        command and line), and the refusals its guarded Python children recorded."""
         with self._lock:
             taken, self.started = self.started, []
         groups: dict[tuple[str, Site | None], list[Started]] = {}
         for one in taken:
             groups.setdefault((one.command, one.site), []).append(one)
-        findings = [_finding(command, site, runs) for (command, site), runs in groups.items()]
-        return findings + self._child_egress({one.pid: one.site for one in taken if one.pid})
+        processes = [_entry(command, site, runs) for (command, site), runs in groups.items()]
+        return processes, self._child_egress({one.pid: one.site for one in taken if one.pid})
 
     def _child_egress(self, sites: dict[int, Site | None]) -> list[Finding]:
         """Refusals the guarded children wrote, blamed on the task's line that started the
@@ -253,30 +252,18 @@ class ChildProcesses:
         return findings
 
 
-def _finding(command: str, site: Site | None, runs: list[Started]) -> Finding:
+def _entry(command: str, site: Site | None, runs: list[Started]) -> dict[str, Any]:
+    """A ``_model.Process`` as sent to the parent."""
     codes = [r.final_exit_code() for r in runs]
-    parts = []
-    errors = sorted({r.error for r in runs if r.error})
-    if errors:
-        parts.append("could not be started: " + "; ".join(errors))
-    finished = sorted({c for c in codes if isinstance(c, int)})
-    if finished:
-        parts.append("exit code " + ", ".join(str(c) for c in finished))
-    running = sum(1 for r, c in zip(runs, codes, strict=True) if c is None and not r.error)
-    if running:
-        parts.append(f"{running} still running when the task ended")
-    unknown = sum(1 for c in codes if c is _UNKNOWN)
-    if unknown:
-        parts.append(f"{unknown} not waited for by the task (exit code unknown)")
-    how = runs[0].how
-    times = f"{len(runs)} times" if len(runs) > 1 else "once"
-    return Finding(
-        KIND, "info",
-        f"started a process {times} with {how}: {_shorten(command)} ({'; '.join(parts)}). "
-        "The audit's egress guard covers Python children that inherit its environment; any "
-        "other program is only contained by --sandbox",
-        file=shown_path(site.file) if site else None, line=site.line if site else None,
-        function=site.function if site else None, count=len(runs), phase="children")
+    return {
+        "command": _shorten(command), "how": runs[0].how, "count": len(runs),
+        "exit_codes": sorted({c for c in codes if isinstance(c, int)}),
+        "running": sum(1 for r, c in zip(runs, codes, strict=True) if c is None and not r.error),
+        "not_waited": sum(1 for c in codes if c is _UNKNOWN),
+        "errors": sorted({r.error for r in runs if r.error}),
+        "file": shown_path(site.file) if site else None,
+        "line": site.line if site else None, "function": site.function if site else None,
+    }
 
 
 def _exit_code(status: Any) -> int | None:

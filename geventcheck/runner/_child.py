@@ -406,9 +406,9 @@ def main(before_patch: frozenset[str]) -> None:
         chan.send("task-start", task=info.name, t=time.time())
         children.install()  # again: a task may have imported multiprocessing meanwhile
         runner.run(info, inputs.get(info.name) or [{"args": [], "kwargs": {}}])
-        after = children.take_findings() + isolation.after_task()
-        chan.send("phase", task=info.name, phase="isolation",
-                  findings=[finding_to_dict(f) for f in after])
+        processes, refused = children.take()
+        chan.send("phase", task=info.name, phase="isolation", processes=processes,
+                  findings=[finding_to_dict(f) for f in refused + isolation.after_task()])
         chan.send("task-done", task=info.name, t=time.time())
     monitor.stop()
     # Drivers imported by the tasks themselves are loaded only now.

@@ -56,6 +56,7 @@ class TaskRecord:
     # wall-clock (Unix) time of the task's first and last run, to match the services' log
     window: tuple[float, float] | None = None
     service_calls: dict[str, int] = field(default_factory=dict)
+    processes: list[dict[str, Any]] = field(default_factory=list)  # see _model.Process
 
     @property
     def runnable(self) -> bool:
@@ -339,6 +340,7 @@ class Auditor:
 
     def _phase(self, rec: TaskRecord, event: dict[str, Any]) -> None:
         rec.findings.extend(Finding.from_dict(f) for f in event["findings"])
+        rec.processes.extend(event.get("processes", []))
         if event["phase"] == "solo":
             rec.solo_runs.extend(event.get("runs", []))
         elif event["phase"] == "concurrent":
