@@ -116,3 +116,19 @@ def test_what_one_task_changed_is_put_back_before_the_next(
     task = audits[order].task(".zz_sees_a_clean_process")
     assert task["verdict"] == "go", task["findings"]
     assert task["findings"] == []
+
+
+@pytest.mark.service("postgres")
+def test_every_task_gets_the_same_verdict_in_every_order(
+        audits: dict[str, AuditResult]) -> None:
+    def verdicts(order: str) -> dict[str, tuple[str, list[str]]]:
+        report = audits[order].report
+        assert report is not None
+        return {t["name"]: (t["verdict"], sorted({f["kind"] for f in t["findings"]
+                                                  if f["severity"] == "error"}))
+                for t in report["tasks"]}
+
+    in_order = verdicts("name order")
+    assert verdicts("shuffle 1") == in_order
+    assert verdicts("shuffle 2") == in_order
+    assert verdicts("alone") == {B: in_order[B]}
