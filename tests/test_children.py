@@ -224,3 +224,20 @@ def test_the_terminal_names_the_processes_with_v(netns: None) -> None:
     assert proc.returncode == 0, proc.stderr
     assert (f"process  subprocess 6 times: ls / (exit code 0) at {TASKS}:"
             f"{_line_of('the ls line')}") in proc.stdout
+
+
+@pytest.mark.service("postgres")
+def test_the_sandbox_bridges_the_apps_own_database_in(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The Django database is not in any scenario: the audited process declares it once
+    the app is loaded, and its queries inside the namespace reach the real PostgreSQL."""
+    from .conftest import require_service, run_audit
+
+    require_service("postgres")
+    result = run_audit("-A", "djangoapp.celery_app", "--django-settings", "djangoapp.settings",
+                       "--task", "djangoapp.dbtasks.hold_connection", "--runs", "1", "-c", "2",
+                       "--explore", "0", "--sandbox", cwd=APPS,
+                       tmp_path=tmp_path_factory.mktemp("django"))
+    task = result.task(".hold_connection")
+    assert task["verdict"] == "go", task["findings"]
+    assert not [f for f in task["findings"] if f["kind"] in ("task-error", "egress")]

@@ -404,7 +404,7 @@ def main(before_patch: frozenset[str]) -> None:
         if info.name in skip or (info.needs_args and info.name not in inputs):
             continue
         chan.send("task-start", task=info.name, t=time.time())
-        children.install()  # again: a task may have imported multiprocessing meanwhile
+        children.install()  # again: the task before may have replaced a wrapped function
         runner.run(info, inputs.get(info.name) or [{"args": [], "kwargs": {}}])
         processes, refused = children.take()
         chan.send("phase", task=info.name, phase="isolation", processes=processes,
