@@ -66,7 +66,7 @@ class Started:
 
 @dataclass
 class ChildProcesses:
-    """Records what the audited code starts; ``take_findings`` after each task."""
+    """Records what the audited code starts; ``take`` after each task."""
 
     roots: tuple[str, ...]
     guard_report: str | None = None  # where guarded Python children write their refusals
