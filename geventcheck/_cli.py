@@ -19,6 +19,7 @@ from ._scenario import ScenarioError, load_scenario
 from .patches import SHIMS
 from .report import render_json, render_table, write_atomic
 from .runner._parent import AuditError, Callbacks, TaskRecord
+from .runner._sandbox import SandboxError
 from .services import ServiceError
 
 EXIT_USAGE = 2
@@ -188,7 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     except click.UsageError as exc:
         click.echo(f"geventcheck: error: {exc.format_message()}", err=True)
         sys.exit(EXIT_USAGE)
-    except (AuditError, ScenarioError, ServiceError, DoctorError, click.ClickException) as exc:
+    except (AuditError, ScenarioError, ServiceError, DoctorError, SandboxError,
+            click.ClickException) as exc:
         message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
         click.echo(f"geventcheck: error: {message}", err=True)
         sys.exit(EXIT_USAGE)

@@ -101,3 +101,20 @@ def test_declarations_are_bridged_until_the_first_task_starts(sandbox: Sandbox,
         assert _client(sandbox, "127.0.0.1", port) == f"error {errno.ECONNREFUSED}"
     finally:
         other.close()
+
+
+def test_without_the_privilege_it_is_one_line_and_exit_2() -> None:
+    import shutil
+
+    from .conftest import APPS
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv (util-linux) to run the audit as nobody")
+    proc = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
+         "geventcheck", "audit", "-A", "statebugs", "--sandbox"],
+        cwd=APPS, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    [line] = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert line.startswith("geventcheck: error: --sandbox could not make a network namespace")
+    assert "root or CAP_SYS_ADMIN" in line

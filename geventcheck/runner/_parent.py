@@ -19,7 +19,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,7 @@ from .._paths import is_audited_file, relative
 from .._scenario import Scenario
 from . import _child
 from ._channel import make_pipe, read_events
-from ._sandbox import Sandbox, SandboxError
+from ._sandbox import Sandbox, sandbox_for
 
 # Time the child gets to write its stacks after SIGUSR1, and to load the app.
 _DUMP_GRACE_S = 1.0
@@ -210,7 +210,7 @@ class Auditor:
 
     def run(self) -> AuditRun:
         with tempfile.TemporaryDirectory(prefix="geventcheck-") as workdir, \
-                _sandbox_for(self.settings, self.cfg, workdir) as sandbox:
+                sandbox_for(self.cfg, workdir, enabled=self.settings.sandbox) as sandbox:
             log_path = os.path.join(workdir, "child.log")
             with open(log_path, "ab") as log:
                 while True:
@@ -413,27 +413,6 @@ class Auditor:
         detail = tail[-1] if tail else ""
         return (f"the audit process {_describe_exit(child.proc.returncode)} while loading "
                 f"{self.app!r}" + (f": {detail}" if detail else ""))
-
-
-@contextlib.contextmanager
-def _sandbox_for(settings: Settings, cfg: dict[str, Any], workdir: str) -> Iterator[Sandbox | None]:
-    """With --sandbox, the namespace with the scenario's services and allow entries bridged
-    in; the child declares the app's own endpoints itself (see _sandbox)."""
-    if not settings.sandbox:
-        yield None
-        return
-    try:
-        sandbox = Sandbox(workdir)
-    except SandboxError as exc:
-        raise AuditError(str(exc)) from exc
-    try:
-        for host, port in [*cfg["services"], *cfg["host_map"].values(), *cfg["allow"]]:
-            if port is not None:
-                sandbox.bridge(host, int(port))
-        cfg["sandbox"] = sandbox.control_path
-        yield sandbox
-    finally:
-        sandbox.close()
 
 
 _TB_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)')

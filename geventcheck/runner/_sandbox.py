@@ -32,7 +32,7 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -230,6 +230,25 @@ def _pump(source: socket.socket, sink: socket.socket) -> None:
         source.close()
 
 
+@contextlib.contextmanager
+def sandbox_for(cfg: dict[str, Any], workdir: str, *, enabled: bool) -> Iterator[Sandbox | None]:
+    """For one audit: the namespace with the scenario's services and allow entries bridged
+    in (``cfg["services"]``, ``["host_map"]``, ``["allow"]``), and ``cfg["sandbox"]`` set to
+    the control socket the audited child declares the app's own endpoints on."""
+    if not enabled:
+        yield None
+        return
+    sandbox = Sandbox(workdir)
+    try:
+        for host, port in [*cfg["services"], *cfg["host_map"].values(), *cfg["allow"]]:
+            if port is not None:
+                sandbox.bridge(host, int(port))
+        cfg["sandbox"] = sandbox.control_path
+        yield sandbox
+    finally:
+        sandbox.close()
+
+
 def declare(control_path: str, endpoints: Iterable[tuple[str, int | None]]) -> dict[str, str]:
     """From the audited child: ask for bridges to the app's endpoints before any task runs.
 
@@ -257,4 +276,4 @@ def _is_ip(host: str) -> bool:
     return False
 
 
-__all__ = ["Sandbox", "SandboxError", "declare"]
+__all__ = ["Sandbox", "SandboxError", "declare", "sandbox_for"]
