@@ -60,6 +60,7 @@ ip addr add 192.0.2.1/32 dev lo
 trap_pid=$!
 for _ in $(seq 100); do [ -e {ready} ] && break; sleep 0.05; done
 set +e
+export CHILDREN_TRAP=192.0.2.1  # the tasks reach out only when the trap is there
 {python} -m geventcheck audit -A children --runs 1 -c 2 --explore 0 --json {report} {args}
 rc=$?
 {python} -c "import socket; socket.create_connection(('127.0.0.1', 8099)).recv(1)"

@@ -1,8 +1,9 @@
 """Tasks that start processes, two of which reach for an outside address.
 
-192.0.2.1 is TEST-NET-1 (RFC 5737): never a real host. The tests run these tasks
-inside a network namespace of their own, with a trap listening on that address,
-so whatever gets past geventcheck lands in the trap's log and nowhere else.
+192.0.2.1 is TEST-NET-1 (RFC 5737), but a machine may still route it (some use it
+as their gateway). The tests run these tasks inside a network namespace of their
+own, with a trap listening on that address, and say so in CHILDREN_TRAP; without
+it the two tasks that reach out refuse to, so an audit run by hand sends nothing.
 The marker comments name the lines the tests expect in the findings.
 """
 
@@ -12,12 +13,19 @@ import sys
 
 from .celery import app
 
+
+def _inside_the_tests_namespace():
+    if os.environ.get("CHILDREN_TRAP") != "192.0.2.1":
+        raise RuntimeError("run only by tests/test_children.py, inside its network namespace")
+
+
 PYTHON_CONNECT = ("import socket\n"
                   "socket.create_connection(('192.0.2.1', 80), timeout=5).close()\n")
 
 
 @app.task
 def shell_child_reaches_out():
+    _inside_the_tests_namespace()
     done = subprocess.run(["bash", "-c", "exec 3<>/dev/tcp/192.0.2.1/80"],  # the shell line
                           capture_output=True, timeout=20)
     return done.returncode
@@ -25,6 +33,7 @@ def shell_child_reaches_out():
 
 @app.task
 def python_child_reaches_out():
+    _inside_the_tests_namespace()
     done = subprocess.run([sys.executable, "-c", PYTHON_CONNECT],  # the python line
                           capture_output=True, timeout=20)
     return done.returncode
