@@ -48,6 +48,7 @@ def run_audit(plan: AuditPlan, callbacks: Callbacks | None = None) -> tuple[Repo
             workdir=plan.workdir, scenario=scenario, env=env,
             django_overrides=scenario.rendered_settings(values) if scenario else {},
             host_map=host_map, callbacks=callbacks,
+            services=[(e.host, e.port) for e in running.endpoints.values()],
         )
         result = auditor.run()
         log = running.requests()

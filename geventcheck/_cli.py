@@ -20,6 +20,7 @@ from ._scenario import ScenarioError, load_scenario
 from .patches import SHIMS
 from .report import render_json, render_table, write_atomic
 from .runner._parent import AuditError, AuditInternalError, Callbacks, TaskRecord
+from .runner._sandbox import SandboxError
 from .services import ServiceError
 
 EXIT_USAGE = 2
@@ -67,6 +68,11 @@ def cli() -> None:
                    "copies disagree (0: off; needs Hypothesis).")
 @click.option("--explore-seed", default=0, show_default=True, type=int,
               help="Seed of the schedule search, to reproduce a finding.")
+@click.option("--shuffle", type=int, metavar="SEED",
+              help="Run the tasks in a random order this seed reproduces (default: by name).")
+@click.option("--sandbox", is_flag=True,
+              help="Run the audited process tree in a network namespace of its own, where "
+                   "only the allowed endpoints are bridged in (Linux, root).")
 @click.option("--shim", "shims", multiple=True, type=click.Choice(sorted(SHIMS)),
               help="Apply a gevent shim in the audited process first (repeatable).")
 @click.option("--allow-publish", is_flag=True,
@@ -81,9 +87,9 @@ def audit(  # noqa: PLR0917 - click passes every option as an argument
     app: str | None, scenario_path: str | None, django_settings: str | None,
     workdir: str | None, globs: tuple[str, ...],
     concurrency: int, warn_ms: float, threshold_ms: float, task_timeout: float, runs: int,
-    explore: int, explore_seed: int, shims: tuple[str, ...], allow_publish: bool,
-    json_path: str | None,
-    markdown_path: str | None, verbose: bool,
+    explore: int, explore_seed: int, shuffle: int | None, sandbox: bool,
+    shims: tuple[str, ...], allow_publish: bool,
+    json_path: str | None, markdown_path: str | None, verbose: bool,
 ) -> None:
     """Run every task of a Celery app under a monkey-patched gevent worker and judge it."""
     scenario = load_scenario(scenario_path) if scenario_path else None
@@ -102,7 +108,7 @@ def audit(  # noqa: PLR0917 - click passes every option as an argument
     settings = Settings(threshold_ms=threshold_ms, warn_ms=warn_ms, concurrency=concurrency,
                         task_timeout_s=task_timeout, runs=runs, mode="inprocess",
                         shims=tuple(shims), explore=explore if _has_hypothesis() else 0,
-                        explore_seed=explore_seed,
+                        explore_seed=explore_seed, shuffle=shuffle, sandbox=sandbox,
                         allow_publish=allow_publish or bool(scenario and scenario.allow_publish))
     out = Console(width=None if sys.stdout.isatty() else 160)
     err = Console(stderr=True)
@@ -192,7 +198,8 @@ def main(argv: list[str] | None = None) -> None:
     except click.UsageError as exc:
         click.echo(f"geventcheck: error: {exc.format_message()}", err=True)
         sys.exit(EXIT_USAGE)
-    except (AuditError, ScenarioError, ServiceError, DoctorError, click.ClickException) as exc:
+    except (AuditError, ScenarioError, ServiceError, DoctorError, SandboxError,
+            click.ClickException) as exc:
         message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
         click.echo(f"geventcheck: error: {message}", err=True)
         sys.exit(EXIT_USAGE)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 
-from ._model import Classification, Finding, Pool, Stats, TaskReport, Verdict
+from ._model import Classification, Finding, Pool, Process, Stats, TaskReport, Verdict
 from .detectors._stalls import merge, merge_key
 from .runner._parent import TaskRecord
 
@@ -167,7 +167,8 @@ def judge(rec: TaskRecord, warn_ms: float, services: dict[str, str] | None = Non
     return TaskReport(rec.name, rec.queue, verdict, classification, pool, stats,
                       tuple(findings), services=dict(sorted(rec.service_calls.items())),
                       reason=reason, published=dict(sorted(rec.published.items())),
-                      retried=rec.retries)
+                      retried=rec.retries,
+                      processes=tuple(Process.from_dict(p) for p in rec.processes))
 
 
 def _not_run_reason(rec: TaskRecord) -> str:

@@ -65,6 +65,30 @@ class Stats:
 
 
 @dataclasses.dataclass(frozen=True)
+class Process:
+    """A command a task started (``"processes"`` of a task in the JSON report)."""
+
+    command: str
+    how: str  # "subprocess", "os.system", "os.spawnv", "os.fork", "multiprocessing", ...
+    count: int = 1
+    exit_codes: tuple[int, ...] = ()  # distinct exit codes seen; negative: killed by signal
+    running: int = 0  # still running when the task ended
+    not_waited: int = 0  # started without waiting (os.fork, posix_spawn): exit code unknown
+    errors: tuple[str, ...] = ()  # could not be started
+    file: str | None = None
+    line: int | None = None
+    function: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Process:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in fields}
+        kwargs["exit_codes"] = tuple(kwargs.get("exit_codes") or ())
+        kwargs["errors"] = tuple(kwargs.get("errors") or ())
+        return cls(**kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
 class TaskReport:
     name: str
     queue: str | None
@@ -80,6 +104,9 @@ class TaskReport:
     # task messages one run published, by "<task> → <queue>" (captured unless allowed)
     published: dict[str, int] = dataclasses.field(default_factory=dict)
     retried: int = 0  # runs that ended in self.retry(): an outcome, not a failure
+
+    # processes the task started, one entry per command and line
+    processes: tuple[Process, ...] = ()
 
     @property
     def not_certified(self) -> bool:
@@ -128,6 +155,8 @@ class Settings:
     explore: int = 0
     explore_seed: int = 0
     allow_publish: bool = False
+    shuffle: int | None = None  # seed of the task order; None: name order
+    sandbox: bool = False  # the audited process tree in a network namespace of its own
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,6 +219,8 @@ def report_to_dict(report: Report) -> dict[str, Any]:
             "explore": settings.explore,
             "explore_seed": settings.explore_seed,
             "allow_publish": settings.allow_publish,
+            "shuffle": settings.shuffle,
+            "sandbox": settings.sandbox,
         },
         "environment": {
             "python": env.python,
@@ -217,6 +248,7 @@ def report_to_dict(report: Report) -> dict[str, Any]:
                 **({"reason": t.reason} if t.reason else {}),
                 "published": dict(t.published),
                 "retried": t.retried,
+                "processes": [_drop_none(dataclasses.asdict(p)) for p in t.processes],
             }
             for t in report.tasks
         ],

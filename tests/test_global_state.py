@@ -22,8 +22,9 @@ from hypothesis import strategies as st
 
 from geventcheck._model import Finding
 from geventcheck.detectors import _globalstate
-from geventcheck.detectors._globalstate import Change, Same, diff, global_writes, restore, take
+from geventcheck.detectors._bytecode import fingerprint, global_writes
 from geventcheck.detectors._probe import ProbeRun
+from geventcheck.detectors._snapshot import Change, Same, diff, restore, take
 
 from .conftest import APPS, AuditResult, run_audit
 
@@ -132,6 +133,53 @@ def test_state_is_put_back_for_the_tasks_audited_after_a_buggy_one(
     report = statebugs.task(".zz_state_is_clean")
     assert report["verdict"] == "go", report["findings"]
     assert report["findings"] == []
+
+
+# -- a proven race is an error; a near-miss stays a warning -----------------------------
+
+RACES = "races/tasks.py"
+
+
+@pytest.fixture(scope="module")
+def races(tmp_path_factory: pytest.TempPathFactory) -> AuditResult:
+    return run_audit("-A", "races", "--runs", "1", "-c", "4", "--explore", "0", cwd=APPS,
+                     tmp_path=tmp_path_factory.mktemp("races"))
+
+
+@pytest.mark.parametrize(("task", "write", "read", "wait"), [
+    ("request_id_read_after_a_wait", "the request id write", "the request id read",
+     "the request id wait"),
+    ("user_set_by_a_helper_read_after_a_wait", "the helper call that writes",
+     "the helper call that reads", "the helper wait"),
+])
+def test_a_global_read_back_after_another_copy_changed_it_is_an_error(
+        races: AuditResult, task: str, write: str, read: str, wait: str) -> None:
+    report = races.task(f".{task}")
+    [finding] = _state_findings(races, task)
+    assert finding["severity"] == "error"
+    assert report["verdict"] == "no-go"
+    assert (finding["file"], finding["line"]) == (RACES, _line_of(RACES, write))
+    message = finding["message"]
+    assert f"read back at line {_line_of(RACES, read)}" in message
+    assert "another copy changed it from" in message
+    assert f"switched out at {RACES}:{_line_of(RACES, wait)}" in message
+    assert "saw the other task's value" in message
+
+
+def test_helpers_that_write_and_read_a_global_are_named(races: AuditResult) -> None:
+    [finding] = _state_findings(races, "user_set_by_a_helper_read_after_a_wait")
+    assert "(in set_current_user())" in finding["message"]
+    assert "(in current_user())" in finding["message"]
+
+
+def test_a_write_read_back_that_no_other_copy_changed_stays_a_warning(
+        races: AuditResult) -> None:
+    """Every copy writes the same value: the pattern is there, a race was not seen."""
+    [finding] = _state_findings(races, "same_mode_for_everyone")
+    assert finding["severity"] == "warning"
+    assert finding["line"] == _line_of(RACES, "the mode write")
+    assert "may see another task's value" in finding["message"]
+    assert races.task(".same_mode_for_everyone")["verdict"] == "go"
 
 
 # -- the snapshot differ --------------------------------------------------------------------
@@ -324,11 +372,38 @@ def test_the_load_of_the_container_a_write_goes_through_is_not_a_read() -> None:
 def test_the_analysis_never_evaluates_a_global_it_looks_at() -> None:
     [write] = global_writes(_sets_on_lazy, ())
     assert (write.glob.name, write.write.how) == ("LAZY", ".flag =")
-    assert _globalstate.fingerprint(LAZY)[0] == "object"
+    assert fingerprint(LAZY)[0] == "object"
 
 
 def test_accesses_under_a_module_lock_are_guarded() -> None:
     assert global_writes(_guarded, ()) == []
+
+
+CURRENT: str | None = None
+
+
+def _set_current(value: str) -> None:
+    global CURRENT
+    CURRENT = value
+
+
+def _current() -> str | None:
+    return CURRENT
+
+
+def _set_wait_get() -> str | None:
+    _set_current("me")  # helper write
+    _wait()
+    return _current()  # helper read
+
+
+def test_a_helper_write_a_call_then_a_helper_read_is_paired_in_the_caller() -> None:
+    [write] = global_writes(_set_wait_get, ())
+    assert (write.glob.name, write.pattern) == ("CURRENT", "write-then-read")
+    assert write.code is _set_wait_get.__code__  # the window a switch is checked against
+    assert write.read is not None
+    assert [write.write.line, write.read.line] == _lines("helper write", "helper read")
+    assert (write.write.how, write.read.how) == ("via _set_current()", "via _current()")
 
 
 def test_writes_in_called_app_functions_are_found_and_reads_alone_are_not() -> None:

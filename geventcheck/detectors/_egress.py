@@ -20,7 +20,8 @@ Three layers, because no single one sees everything:
 * the hook is the backstop for lookup functions bound before the wrappers.
 
 Not seen: sockets opened in native code (libpq, libmysqlclient, grpc core,
-pycurl) and child processes; only an OS-level sandbox stops those.
+pycurl) and child processes that are not Python (Python children inherit the guard,
+see ``_children``); ``--sandbox`` (``runner/_sandbox.py``) stops those.
 """
 
 from __future__ import annotations

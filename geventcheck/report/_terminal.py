@@ -6,7 +6,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from .._model import Finding, Report, TaskReport
+from .._model import Finding, Process, Report, TaskReport
 
 _VERDICT_STYLE = {"go": "bold green", "no-go": "bold red", "skipped": "yellow", "error": "magenta"}
 
@@ -54,6 +54,22 @@ def outcome_lines(task: TaskReport, report: Report) -> list[str]:
     return lines
 
 
+def _process(process: Process) -> str:
+    """``subprocess 6 times: ls / (exit code 0) at app/tasks.py:12``."""
+    parts = []
+    if process.errors:
+        parts.append("could not be started: " + "; ".join(process.errors))
+    if process.exit_codes:
+        parts.append("exit code " + ", ".join(str(c) for c in process.exit_codes))
+    if process.running:
+        parts.append(f"{process.running} still running when the task ended")
+    if process.not_waited:
+        parts.append(f"{process.not_waited} not waited for (exit code unknown)")
+    times = f"{process.count} times" if process.count > 1 else "once"
+    where = f" at {process.file}:{process.line}" if process.file else ""
+    return f"{process.how} {times}: {process.command} ({'; '.join(parts)}){where}"
+
+
 def render_table(report: Report, *, verbose: bool = False) -> RenderableType:
     table = Table(title="geventcheck: is each task safe on a gevent worker?", title_justify="left")
     table.add_column("task", overflow="fold")
@@ -76,13 +92,16 @@ def render_table(report: Report, *, verbose: bool = False) -> RenderableType:
         shown = sorted((f for f in task.findings
                         if verbose or f.severity != "info" or task.verdict == "skipped"),
                        key=lambda f: rank[f.severity])
-        if not shown and not task.reason and not task.published and not task.retried:
+        processes = task.processes if verbose else ()
+        if not shown and not processes and not task.reason and not task.published \
+                and not task.retried:
             continue
         parts.append(Text(f"\n{task.name}  [{task.verdict}]", style=_VERDICT_STYLE[task.verdict]))
         if task.reason:
             parts.append(Text(f"  {task.reason}", style=_VERDICT_STYLE[task.verdict]))
         parts.extend(_evidence(task, f) for f in shown)
         parts.extend(Text(f"  {line}", style="dim") for line in outcome_lines(task, report))
+        parts.extend(Text(f"  process  {_process(p)}", style="dim") for p in processes)
     summary = report.summary()
     line = Text("\n")
     for key in ("go", "no-go", "skipped", "error"):

@@ -27,9 +27,9 @@ from gevent.pool import Pool
 from .. import _version
 from .._model import Finding, finding_to_dict
 from .._paths import is_audited_file, relative
-from ..detectors import PROBES, ProbeRun, _drivers, _egress, _hub, _stalls
+from ..detectors import PROBES, ProbeRun, _children, _drivers, _egress, _hub, _stalls
 from ..detectors._divergence import first_divergence
-from . import _appload, _execute
+from . import _appload, _execute, _isolation
 from ._channel import ChildChannel
 from ._outbox import Outbox
 
@@ -321,6 +321,17 @@ def _egress_guard(cfg: dict[str, Any]) -> _egress.EgressGuard:
     return guard
 
 
+def _guard_children(cfg: dict[str, Any], guard: _egress.EgressGuard,
+                    roots: tuple[str, ...]) -> _children.ChildProcesses:
+    """Name every process a task starts, and hand the egress guard to Python children."""
+    report = os.path.join(os.path.dirname(cfg["crashlog"]), f"child-egress-{os.getpid()}.jsonl")
+    children = _children.ChildProcesses(roots, guard_report=report)
+    os.environ.update(_children.child_guard_env(
+        sorted(guard.allowed, key=repr), guard.host_map, guard.port_map, report))
+    children.install()
+    return children
+
+
 def _egress_findings(attempts: list[_egress.EgressAttempt], phase: str) -> list[Finding]:
     return [Finding(
         "egress", "error",
@@ -368,6 +379,10 @@ def main(before_patch: frozenset[str]) -> None:
     for host, port in _appload.configured_endpoints(app):
         guard.allowed.add((host.lower(), port))
         guard.allowed_hosts.add(host.lower())
+    if cfg.get("sandbox"):  # bridges into the namespace, asked for before any task runs
+        from ._sandbox import declare
+
+        guard.host_map.update(declare(cfg["sandbox"], _appload.configured_endpoints(app)))
     for attempt in guard.take_attempts():
         chan.send("note", message=f"loading the app tried to reach {attempt.endpoint} "
                                   f"({attempt.kind}) at {attempt.file}:{attempt.line}: refused")
@@ -375,7 +390,7 @@ def main(before_patch: frozenset[str]) -> None:
 
     if backend_note := per_greenlet_backend(app):
         chan.send("note", message=backend_note)
-    tasks = _appload.list_tasks(app, tuple(cfg["globs"]))
+    tasks = _isolation.ordered(_appload.list_tasks(app, tuple(cfg["globs"])), cfg.get("shuffle"))
     imported_before = sorted(m for m in MATTERS_BEFORE_PATCH if m in before_patch)
     chan.send(
         "environment", **_versions(), patched=bool(is_module_patched("socket")),
@@ -398,6 +413,7 @@ def main(before_patch: frozenset[str]) -> None:
     executor = _execute.Executor(app, worker, outbox)
 
     roots = _appload.app_roots(app)
+    children = _guard_children(cfg, guard, roots)
 
     def on_deadlock(age: float, evidence: _hub.Evidence, spinning: bool) -> None:
         stack = evidence.stack
@@ -423,13 +439,18 @@ def main(before_patch: frozenset[str]) -> None:
     monitor.start()
     monitor.ignore(greenlet.getcurrent())
     runner = TaskRunner(app, cfg, chan, monitor, roots, guard=guard, executor=executor)
+    isolation = _isolation.TaskIsolation(roots)
     skip = set(cfg["skip"])
     inputs: dict[str, list[dict[str, Any]]] = cfg.get("calls") or {}
     for info in tasks:
         if info.name in skip or (info.needs_args and info.name not in inputs):
             continue
         chan.send("task-start", task=info.name, t=time.time())
+        children.install()  # again: the task before may have replaced a wrapped function
         runner.run(info, inputs.get(info.name) or [{"args": [], "kwargs": {}}])
+        processes, refused = children.take()
+        chan.send("phase", task=info.name, phase="isolation", processes=processes,
+                  findings=[finding_to_dict(f) for f in refused + isolation.after_task()])
         chan.send("task-done", task=info.name, t=time.time())
     monitor.stop()
     # Drivers imported by the tasks themselves are loaded only now.

@@ -28,6 +28,7 @@ from .._paths import is_audited_file, relative
 from .._scenario import Scenario
 from . import _child
 from ._channel import make_pipe, read_events
+from ._sandbox import Sandbox, sandbox_for
 
 # Time the child gets to write its stacks after SIGUSR1, and to load the app.
 _DUMP_GRACE_S = 1.0
@@ -65,6 +66,7 @@ class TaskRecord:
     # wall-clock (Unix) time of the task's first and last run, to match the services' log
     window: tuple[float, float] | None = None
     service_calls: dict[str, int] = field(default_factory=dict)
+    processes: list[dict[str, Any]] = field(default_factory=list)  # see _model.Process
     # task messages one run published ("proj.add → celery"), the most any run did
     published: dict[str, int] = field(default_factory=dict)
     retries: int = 0  # runs that ended in self.retry()
@@ -125,14 +127,15 @@ class _Child:
     """One child process and the thread that reads its channel."""
 
     def __init__(self, cfg: dict[str, Any], workdir: str, log: Any, cwd: str | None,
-                 env: dict[str, str]) -> None:
+                 env: dict[str, str], *,
+                 spawn: Callable[..., Any] = subprocess.Popen) -> None:
         read_fd, write_fd = make_pipe()
         self.log_start = log.tell()  # the log holds every child's output: this one's starts here
         self.crashlog = os.path.join(workdir, f"crash-{time.monotonic_ns()}.log")
         cfg = {**cfg, "fd": write_fd, "crashlog": self.crashlog}
         env = {**os.environ, **env, _child.CONFIG_ENV: _json_dumps(cfg),
                "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
+        self.proc = spawn(
             [sys.executable, "-c", _child.BOOTSTRAP], env=env, pass_fds=(write_fd,),
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd=cwd,
         )
@@ -245,7 +248,8 @@ class Auditor:
                  workdir: str | None = None, scenario: Scenario | None = None,
                  env: dict[str, str] | None = None,
                  django_overrides: dict[str, Any] | None = None,
-                 host_map: dict[str, tuple[str, int]] | None = None) -> None:
+                 host_map: dict[str, tuple[str, int]] | None = None,
+                 services: list[tuple[str, int]] | None = None) -> None:
         self.app = app
         self.workdir = workdir
         self.scenario = scenario
@@ -259,23 +263,31 @@ class Auditor:
             "task_timeout": settings.task_timeout_s, "shims": list(settings.shims), "skip": [],
             "calls": scenario.calls_as_json() if scenario else {},
             "explore": settings.explore, "explore_seed": settings.explore_seed,
+            "shuffle": settings.shuffle, "sandbox": None,
             "paths": list(scenario.paths) if scenario else [],
             "settings": django_overrides or {},
             "host_map": {host: list(target) for host, target in (host_map or {}).items()},
             "allow": [list(a) for a in scenario.allow] if scenario else [],
             "allow_publish": settings.allow_publish,
+            "services": [list(s) for s in services or []],
         }
         self.records: dict[str, TaskRecord] = {}
+        self.sandbox: Sandbox | None = None
         self.environment: Environment | None = None
         self.notes: list[str] = []
 
     def run(self) -> AuditRun:
-        with tempfile.TemporaryDirectory(prefix="geventcheck-") as workdir:
+        with tempfile.TemporaryDirectory(prefix="geventcheck-") as workdir, \
+                sandbox_for(self.cfg, workdir, enabled=self.settings.sandbox) as sandbox:
             log_path = os.path.join(workdir, "child.log")
             with open(log_path, "ab") as log:
                 while True:
+                    self.sandbox = sandbox
+                    if sandbox is not None:
+                        sandbox.open_declarations()
                     child = _Child({**self.cfg, "skip": self._handled()}, workdir, log,
-                                   cwd=self.workdir, env=self.env)
+                                   cwd=self.workdir, env=self.env,
+                                   spawn=sandbox.popen if sandbox else subprocess.Popen)
                     try:
                         complete = self._supervise(child, log_path)
                     finally:
@@ -342,6 +354,8 @@ class Auditor:
                     loaded = True
             elif kind == "task-start":
                 ran_a_task = True
+                if self.sandbox is not None:
+                    self.sandbox.close_declarations()  # no task may open a bridge
                 current = self.records[event["task"]]
                 current.started = True
                 at = event.get("t", time.time())
@@ -426,6 +440,7 @@ class Auditor:
 
     def _phase(self, rec: TaskRecord, event: dict[str, Any]) -> None:
         rec.findings.extend(Finding.from_dict(f) for f in event["findings"])
+        rec.processes.extend(event.get("processes", []))
         if event["phase"] == "solo":
             rec.solo_runs.extend(event.get("runs", []))
         elif event["phase"] == "concurrent":

@@ -1,0 +1,3 @@
+from celery import Celery
+
+app = Celery("children", broker="memory://", include=["children.tasks"])

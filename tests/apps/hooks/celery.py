@@ -1,0 +1,3 @@
+from celery import Celery
+
+app = Celery("hooks", broker="memory://", include=["hooks.tasks"])
