@@ -82,8 +82,53 @@ def test_a_bridged_endpoint_answers_inside(sandbox: Sandbox, echo: int) -> None:
     assert _client(sandbox, "127.0.0.1", echo) == "answer pong"
 
 
+OUTSIDE = r'''
+import socket, subprocess, sys, tempfile, threading
+from geventcheck.runner._sandbox import Sandbox
+
+client = sys.argv[1]
+trap = socket.socket()
+trap.bind(("192.0.2.1", 80))
+trap.listen(8)
+
+def serve():
+    while True:
+        try:
+            conn, _ = trap.accept()
+        except OSError:
+            return
+        with conn:
+            conn.recv(16)
+            conn.sendall(b"trap")
+
+threading.Thread(target=serve, daemon=True).start()
+args = [sys.executable, "-c", client, "192.0.2.1", "80"]
+# control: outside the sandbox the trap answers, so a sandbox that leaks would reach it
+print(subprocess.run(args, capture_output=True, text=True).stdout.strip())
+box = Sandbox(tempfile.mkdtemp())
+try:
+    proc = box.popen(args, stdout=subprocess.PIPE)
+    print(proc.communicate(timeout=30)[0].decode().strip())
+finally:
+    box.close()
+'''
+
+
 def test_an_outside_address_is_unreachable_inside(sandbox: Sandbox) -> None:
-    assert _client(sandbox, "192.0.2.1", 80) == f"error {errno.ENETUNREACH}"
+    """Run in a namespace of the test's own where 192.0.2.1 is a trap on its loopback: a
+    sandbox that leaked would reach the trap, and no packet can leave the machine."""
+    import shutil
+
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.skip("needs unshare (util-linux) and ip (iproute2)")
+    body = ("ip link set lo up && ip addr add 192.0.2.1/32 dev lo && "
+            f'exec "{sys.executable}" -c "$0" "$1"')
+    proc = subprocess.run(["unshare", "--net", "--", "sh", "-ec", body, OUTSIDE, CLIENT],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    control, inside = proc.stdout.splitlines()[-2:]
+    assert control == "answer trap"
+    assert inside == f"error {errno.ENETUNREACH}"
 
 
 def test_declarations_are_bridged_until_the_first_task_starts(sandbox: Sandbox,
