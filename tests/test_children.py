@@ -146,7 +146,9 @@ def test_a_python_child_inherits_the_egress_guard(sandboxed: Any) -> None:
     _, report, trap, _ = sandboxed
     assert trap == []
     task = _task(report, ".python_child_reaches_out")
-    assert task["verdict"] == "no-go"
+    # refused egress leaves the task not certified (error), never go
+    assert task["verdict"] == "error" and task["not_certified"] is True
+    assert "192.0.2.1:80" in task["reason"]
     egress = _of_kind(task, "egress")
     assert egress and all(f["endpoint"] == "192.0.2.1:80" for f in egress)
     assert all((f["file"], f["line"]) == (TASKS, _line_of("the python line")) for f in egress)

@@ -20,7 +20,6 @@ from typing import Any, TypeVar
 from .._model import Finding
 from .._paths import is_audited_file, relative
 from ..detectors import _snapshot
-from ..detectors._globalstate import KIND
 
 T = TypeVar("T")
 
@@ -90,7 +89,7 @@ class TaskIsolation:
                 f"{change.describe()} and left it so after its runs; the audit could not put "
                 "it back, so the verdicts of the tasks audited after it may depend on it")
         return Finding(
-            KIND, "warning", text,
+            "global-state", "warning", text,
             file=relative(site[0]) if site else None, line=site[1] if site else None,
             function=site[2] if site else None,
             fix=_snapshot.FIXES.get(_snapshot.family(change.key)), phase="isolation")

@@ -105,13 +105,16 @@ STOCK = {"items": 1}
 
 
 @app.task
-def reserve_last_item(start_ms):
-    """Check-then-act on shared stock. Copies started 10 ms apart never overlap, so the
-    natural interleaving looks fine; a copy delayed at the right waits sells out the next."""
-    time.sleep(start_ms / 1000)
+def reserve_last_item(turns):
+    """Check-then-act on shared stock. Each copy first lets ``turns`` other greenlets run, so
+    in the natural interleaving copy 0 has restocked before copy 1 looks, whatever the
+    machine's speed (yields, not timers, set the order); a copy delayed at the right wait
+    sells out the next."""
+    for _ in range(turns):
+        time.sleep(0)  # a cooperative yield
     if STOCK["items"] > 0:
         STOCK["items"] -= 1
-        time.sleep(0.002)  # ship it
+        time.sleep(0)  # ship it: one yield
         STOCK["items"] += 1  # restock for the next order
         return "reserved"
     return "sold out"
