@@ -202,6 +202,7 @@ def merge_reports(reports: list[Report]) -> Report:
 
 # ---- fingerprints and the baseline ---------------------------------------------------------
 
+_HEX = re.compile(r"0x[0-9a-fA-F]+")
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 _PARENS = re.compile(r"\([^()]*\)")
 _SPACE = re.compile(r"\s+")
@@ -209,8 +210,8 @@ _SPACE = re.compile(r"\s+")
 
 def normalise_message(message: str) -> str:
     """A message without what changes from run to run: numbers and parenthesised detail
-    (durations, counts, a busy machine's share)."""
-    text = _PARENS.sub("", message)
+    (durations, counts, a busy machine's share, object addresses)."""
+    text = _HEX.sub("#", _PARENS.sub("", message))
     text = _NUMBER.sub("#", text)
     return _SPACE.sub(" ", text).strip()
 
