@@ -391,6 +391,21 @@ def test_baseline_accepts_todays_problems_and_only_new_ones_close(project: Path)
     assert "FAIL proj.tasks.charge" not in proc.stdout
 
 
+def test_baseline_ignores_addresses_and_numbers_in_messages(project: Path) -> None:
+    def shared(address: str, count: int) -> dict[str, Any]:
+        data = finding("global-state", native=None, function="tally")
+        data["message"] = (f"wrote the module global CACHE (<dict at {address}>) {count} times "
+                           "while other greenlets ran")
+        return task("proj.tasks.tally", "no-go", findings=(data,))
+
+    before = write_report(project, GO, shared("0x7f3a2c1b9e40", 3), name="before.json")
+    assert gate(project, "--report", before, "--baseline", "b.json",
+                "--update-baseline").returncode == 0
+    after = write_report(project, GO, shared("0x7f00aa55cc10", 5), name="after.json")
+    proc = gate(project, "--report", after, "--baseline", "b.json")
+    assert proc.returncode == 0, proc.stdout
+
+
 def test_baseline_path_from_the_policy_and_a_broken_baseline(project: Path) -> None:
     policy(project, 'baseline = "gate-baseline.json"\n')
     path = write_report(project, GO, NO_GO)
