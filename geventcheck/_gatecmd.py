@@ -123,7 +123,10 @@ def _resolve_audit(ctx: click.Context, options: dict[str, Any],
     return resolved
 
 
-def _audit(ctx: click.Context, options: dict[str, Any], policy: Policy) -> Report:
+def _audit(ctx: click.Context, options: dict[str, Any],
+           policy: Policy) -> tuple[Report, str | None]:
+    """The report of an audit run as the options, environment and policy ask, and the
+    folder the app was loaded from."""
     from ._cli import make_audit_plan, run_with_progress
     from .report import render_table
 
@@ -138,10 +141,10 @@ def _audit(ctx: click.Context, options: dict[str, Any], policy: Policy) -> Repor
         render_table(report, verbose=bool(options["verbose"])))
     for note in notes:
         click.echo(f"note: {note}", err=True)
-    return report
+    return report, plan.workdir
 
 
-def _write_outputs(result: GateResult, options: dict[str, Any]) -> None:
+def _write_outputs(result: GateResult, options: dict[str, Any], roots: tuple[str, ...]) -> None:
     from .report import write_atomic
     from .report._gate import render_gate_json
     from .report._junit import render_junit
@@ -150,7 +153,7 @@ def _write_outputs(result: GateResult, options: dict[str, Any]) -> None:
 
     renderers: dict[str, Callable[[], str]] = {
         "junit_path": lambda: render_junit(result),
-        "sarif_path": lambda: render_sarif(result, _version.__version__),
+        "sarif_path": lambda: render_sarif(result, _version.__version__, roots),
         "markdown_path": lambda: render_markdown(result),
         "json_path": lambda: render_gate_json(result),
     }
@@ -186,8 +189,10 @@ def run_gate(ctx: click.Context, options: dict[str, Any]) -> None:
         if typed:
             raise click.UsageError(MESSAGES["report_and_audit"].format(options=", ".join(typed)))
         report = merge_reports([read_report(p) for p in options["report_paths"]])
+        workdir = resolve("workdir", _from_cli(ctx, "workdir", "--workdir", options["workdir"]),
+                          policy, None).value
     else:
-        report = _audit(ctx, options, policy)
+        report, workdir = _audit(ctx, options, policy)
     gate_queues = tuple(queues.value) if queues.value is not None else None
     baseline = set() if options["update_baseline"] else (
         read_baseline(baseline_path) if baseline_path else set())
@@ -201,6 +206,7 @@ def run_gate(ctx: click.Context, options: dict[str, Any]) -> None:
                           baseline=read_baseline(baseline_path))
         click.echo(MESSAGES["baseline_written"].format(
             count=text.count('"fingerprint"'), path=baseline_path), err=True)
-    _write_outputs(result, options)
+    roots = tuple(r for r in (workdir, policy.base if policy.path else None) if r)
+    _write_outputs(result, options, roots)
     click.echo(render_text(result), nl=False)
     sys.exit(result.exit_code)

@@ -483,6 +483,19 @@ def test_sarif_validates_and_points_at_file_and_line(outputs: Any) -> None:
     assert charge["suppressions"][0]["kind"] == "external"  # waived: shown, not alerted
 
 
+def test_sarif_paths_are_relative_to_the_checkout(project: Path) -> None:
+    """The audit names files from the app's folder; code scanning wants them from the
+    repository's root, where the gate runs."""
+    (project / "backend" / "proj").mkdir(parents=True)
+    (project / "backend" / "proj" / "tasks.py").write_text("# the task module\n")
+    policy(project, 'workdir = "backend"\n')
+    proc = gate(project, "--report", write_report(project, NO_GO), "--sarif", "gate.sarif")
+    assert proc.returncode == 1
+    result = json.loads((project / "gate.sarif").read_text())["runs"][0]["results"][0]
+    location = result["locations"][0]["physicalLocation"]
+    assert location["artifactLocation"]["uri"] == "backend/proj/tasks.py"
+
+
 def test_markdown_summary_is_written_and_appended_to_the_step_summary(outputs: Any) -> None:
     _proc, project = outputs
     text = (project / "out" / "gate.md").read_text()

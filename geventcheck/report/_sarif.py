@@ -52,12 +52,24 @@ def _rule(kind: str) -> dict[str, Any]:
     }
 
 
-def _result(problem: Problem, index: dict[str, int], accepted: str | None) -> dict[str, Any]:
+def _uri(file: str, roots: tuple[str, ...]) -> str:
+    """The file relative to the working directory (the checkout, for code scanning). The
+    audit names files relative to the app's folder, so look for them under each root."""
+    if not os.path.isabs(file) and not os.path.exists(file):
+        for root in roots:
+            candidate = os.path.join(root, file)
+            if os.path.exists(candidate):
+                return normalise_path(os.path.abspath(candidate))
+    return normalise_path(file)
+
+
+def _result(problem: Problem, index: dict[str, int], accepted: str | None,
+            roots: tuple[str, ...]) -> dict[str, Any]:
     f = problem.finding
     assert f is not None and f.file
     text = f"{problem.task}: {problem.message}" + (f" Fix: {f.fix}" if f.fix else "")
     location: dict[str, Any] = {
-        "artifactLocation": {"uri": normalise_path(f.file), "uriBaseId": "%SRCROOT%"},
+        "artifactLocation": {"uri": _uri(f.file, roots), "uriBaseId": "%SRCROOT%"},
     }
     if f.line is not None and f.line >= 1:
         location["region"] = {"startLine": f.line}
@@ -74,19 +86,21 @@ def _result(problem: Problem, index: dict[str, int], accepted: str | None) -> di
     return result
 
 
-def render_sarif(result: GateResult, version: str) -> str:
+def render_sarif(result: GateResult, version: str, roots: tuple[str, ...] = ()) -> str:
+    """``roots``: folders the app was loaded from, where the report's file names start."""
     kinds = [k for k in FINDING_KINDS if k != "warm-up"] + [NOT_CERTIFIED]
     index = {kind: i for i, kind in enumerate(kinds)}
     results = []
     for gated in result.tasks:
         for problem in gated.open:
             if problem.finding is not None and problem.finding.file:
-                results.append(_result(problem, index, None))
+                results.append(_result(problem, index, None, roots))
         for acceptance in gated.accepted:
             problem = acceptance.problem
             if problem.finding is not None and problem.finding.file:
                 results.append(_result(problem, index,
-                                       f"accepted by {acceptance.by}: {acceptance.reason}"))
+                                       f"accepted by {acceptance.by}: {acceptance.reason}",
+                                       roots))
     root = pathlib.Path(os.getcwd()).as_uri() + "/"
     document = {
         "$schema": SARIF_SCHEMA,
