@@ -133,8 +133,14 @@ def find_pyproject(start: str) -> str | None:
         if os.path.isfile(candidate):
             try:
                 with open(candidate, "rb") as fh:
-                    data = tomllib.load(fh)
-            except (OSError, tomllib.TOMLDecodeError):
+                    raw = fh.read()
+            except OSError:
+                raw = b""
+            try:
+                data = tomllib.loads(raw.decode("utf-8", errors="replace"))
+            except tomllib.TOMLDecodeError:  # broken but meant for us: load_policy says where
+                if b"tool.geventcheck" in raw:
+                    return candidate
                 data = {}
             if isinstance(data.get("tool"), dict) and "geventcheck" in data["tool"]:
                 return candidate

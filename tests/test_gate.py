@@ -284,6 +284,12 @@ def test_warn_above_threshold_names_both_sources(project: Path) -> None:
     assert f"{project / 'pyproject.toml'}:7 (90) must not exceed default (50)" in line
 
 
+def test_a_policy_that_is_not_toml_says_where(project: Path) -> None:
+    policy(project, 'threshold_ms = = 3\n')
+    line = usage_error(gate(project, "--report", write_report(project, GO)))
+    assert f"{project / 'pyproject.toml'}: not valid TOML" in line and "line 5" in line
+
+
 def test_config_file_with_top_level_keys(project: Path, tmp_path: Path) -> None:
     config = tmp_path / "gate.toml"
     config.write_text('gevent_queues = ["celery"]\n')
