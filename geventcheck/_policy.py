@@ -36,7 +36,6 @@ MESSAGES = {
     "integer": "{source}: expected a whole number, got {value!r}",
     "string": "{source}: expected a string, got {value!r}",
     "string_list": "{source}: expected an array of strings, got {value!r}",
-    "choice": "{source}: {value!r} is not one of {choices}",
     "waiver_table": "{where}: each waiver must be a table ([[{header}]]), got {value!r}",
     "waiver_missing": "{where}: waiver #{index} has no {key}: every waiver needs task, kind, "
                       "reason and expires (a date, e.g. expires = 2027-01-31)",
@@ -44,8 +43,6 @@ MESSAGES = {
     "waiver_reason": "{where}: waiver #{index}: reason must say why, got {value!r}",
     "waiver_date": "{where}: waiver #{index}: expires must be a TOML date such as 2027-01-31 "
                    "(unquoted), got {value!r}",
-    "warn_above_threshold": "{warn_source} ({warn:g}) must not exceed {threshold_source} "
-                            "({threshold:g})",
 }
 
 
@@ -99,7 +96,8 @@ class Policy:
         return f"{self.path}:{line}" if line else f"{self.path}"
 
 
-# key -> (parser name, environment variable). The parser checks a value from any source.
+# key -> the parser that checks its value, whichever source it came from; the variable is
+# GEVENTCHECK_<KEY>.
 KEYS: dict[str, str] = {
     "app": "string",
     "django_settings": "string",
