@@ -176,6 +176,18 @@ def test_merged_reports_keep_the_worst_verdict(project: Path) -> None:
     assert "FAIL proj.tasks.send_mail: blocking-call" in proc.stdout
 
 
+def test_celery_command_gates_a_saved_report(project: Path) -> None:
+    """`celery -A proj geventcheck gate --report ...` gives no -A to a gate that runs no
+    audit."""
+    (project / "proj.py").write_text('from celery import Celery\napp = Celery("proj")\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "proj", "geventcheck", "gate", "--report",
+         write_report(project, GO, NO_GO)], cwd=project, capture_output=True, text=True,
+        timeout=60, env={**os.environ, "PYTHONPATH": str(project)})
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "FAIL proj.tasks.charge: blocking-call" in proc.stdout
+
+
 # ---- policy errors ------------------------------------------------------------------------
 
 def test_unknown_key_names_the_file_and_line(project: Path) -> None:
