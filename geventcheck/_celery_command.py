@@ -1,4 +1,4 @@
-"""`celery -A proj geventcheck audit|doctor ...`: the same commands, where users already are.
+"""`celery -A proj geventcheck audit|doctor|gate ...`: the same commands, where users already are.
 
 Registered through Celery's ``celery.commands`` entry point. The app comes from
 Celery's own ``-A``; everything else is passed to the geventcheck command.
@@ -15,13 +15,17 @@ from ._cli import main
     "geventcheck",
     context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
                       "help_option_names": []},
-    help="Is each task safe on a gevent worker? (geventcheck audit|doctor ...)",
+    help="Is each task safe on a gevent worker? (geventcheck audit|doctor|gate ...)",
 )
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def geventcheck(ctx: click.Context, args: tuple[str, ...]) -> None:
     app = ctx.find_root().params.get("app")
     argv = list(args)
-    if app and argv and argv[0] in ("audit", "doctor") and not {"-A", "--app"} & set(argv):
+    given = set(argv)
+    # the gate reading a saved --report runs no audit, so it takes no app
+    wants_app = argv and (argv[0] in ("audit", "doctor")
+                          or (argv[0] == "gate" and "--report" not in given))
+    if app and wants_app and not {"-A", "--app"} & given:
         argv[1:1] = ["-A", str(app)]
     main(argv)

@@ -1,11 +1,12 @@
-"""The ``geventcheck`` command. Exit codes: 0 all go, 1 findings or nothing certified, 2 usage,
-3 internal error."""
+"""The ``geventcheck`` command. Exit codes: 0 all go (gate open), 1 findings or nothing
+certified (gate closed), 2 usage or policy, 3 internal error."""
 
 from __future__ import annotations
 
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -15,7 +16,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from . import _version
 from ._audit import AuditPlan, run_audit
 from ._doctor import DoctorError
-from ._model import Settings
+from ._gatecmd import gate_options
+from ._model import Report, Settings
+from ._policy import PolicyError
 from ._scenario import ScenarioError, load_scenario
 from .patches import SHIMS
 from .report import render_json, render_table, write_atomic
@@ -40,58 +43,66 @@ def cli() -> None:
     """Is this Celery task safe to run on a gevent worker? And if not, why, and how to fix it."""
 
 
-@cli.command()
-@click.option("-A", "--app", "app", metavar="MODULE[:ATTR]",
-              help="The Celery app, resolved as `celery -A` does (default: the scenario's).")
-@click.option("--scenario", "scenario_path", type=click.Path(dir_okay=False),
-              help="A scenario file (TOML): the app, task inputs, environment.")
-@click.option("--django-settings", metavar="MODULE",
-              help="Django settings module (default: $DJANGO_SETTINGS_MODULE); "
-                   "django.setup() runs after patching.")
-@click.option("--workdir", type=click.Path(exists=True, file_okay=False),
-              help="Change to this folder before loading the app (as celery --workdir).")
-@click.option("--task", "globs", multiple=True, metavar="GLOB",
-              help="Only tasks whose name matches (repeatable).")
-@click.option("-c", "--concurrency", default=4, show_default=True, type=int,
-              callback=_positive,
-              help="Concurrent copies per task, as the gevent pool runs them.")
-@click.option("--warn-ms", default=10.0, show_default=True, type=float, callback=_positive,
-              help="Report hub stalls longer than this.")
-@click.option("--threshold-ms", default=50.0, show_default=True, type=float,
-              callback=_positive, help="Stalls longer than this make a task no-go.")
-@click.option("--task-timeout", default=30.0, show_default=True, type=float,
-              callback=_positive, help="Seconds before a hung task becomes a finding.")
-@click.option("--runs", default=3, show_default=True, type=int, callback=_positive,
-              help="Measured solo runs per task (after one warm-up run).")
-@click.option("--explore", default=2, show_default=True, type=click.IntRange(min=0),
-              help="Schedules to try per task, hunting an interleaving where concurrent "
-                   "copies disagree (0: off; needs Hypothesis).")
-@click.option("--explore-seed", default=0, show_default=True, type=int,
-              help="Seed of the schedule search, to reproduce a finding.")
-@click.option("--shuffle", type=int, metavar="SEED",
-              help="Run the tasks in a random order this seed reproduces (default: by name).")
-@click.option("--sandbox", is_flag=True,
-              help="Run the audited process tree in a network namespace of its own, where "
-                   "only the allowed endpoints are bridged in (Linux, root).")
-@click.option("--shim", "shims", multiple=True, type=click.Choice(sorted(SHIMS)),
-              help="Apply a gevent shim in the audited process first (repeatable).")
-@click.option("--allow-publish", is_flag=True,
-              help="Send the messages tasks publish (chains, chords, retries, send_task) to "
-                   "the app's real broker; by default they are captured and counted.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
-              help="Write the JSON report here (atomically).")
-@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, writable=True),
-              help="Write the migration plan for operations here, as Markdown.")
-@click.option("-v", "--verbose", is_flag=True, help="Also show info findings (warm-up stalls).")
-def audit(  # noqa: PLR0917 - click passes every option as an argument
+# The options of an audit, shared by `audit` and `gate` (which runs one the same way).
+AUDIT_OPTIONS: tuple[Callable[[Callable[..., Any]], Callable[..., Any]], ...] = (
+    click.option("-A", "--app", "app", metavar="MODULE[:ATTR]",
+                 help="The Celery app, resolved as `celery -A` does (default: the scenario's)."),
+    click.option("--scenario", "scenario_path", type=click.Path(dir_okay=False),
+                 help="A scenario file (TOML): the app, task inputs, environment."),
+    click.option("--django-settings", metavar="MODULE",
+                 help="Django settings module (default: $DJANGO_SETTINGS_MODULE); "
+                      "django.setup() runs after patching."),
+    click.option("--workdir", type=click.Path(exists=True, file_okay=False),
+                 help="Change to this folder before loading the app (as celery --workdir)."),
+    click.option("--task", "globs", multiple=True, metavar="GLOB",
+                 help="Only tasks whose name matches (repeatable)."),
+    click.option("-c", "--concurrency", default=4, show_default=True, type=int,
+                 callback=_positive,
+                 help="Concurrent copies per task, as the gevent pool runs them."),
+    click.option("--warn-ms", default=10.0, show_default=True, type=float, callback=_positive,
+                 help="Report hub stalls longer than this."),
+    click.option("--threshold-ms", default=50.0, show_default=True, type=float,
+                 callback=_positive, help="Stalls longer than this make a task no-go."),
+    click.option("--task-timeout", default=30.0, show_default=True, type=float,
+                 callback=_positive, help="Seconds before a hung task becomes a finding."),
+    click.option("--runs", default=3, show_default=True, type=int, callback=_positive,
+                 help="Measured solo runs per task (after one warm-up run)."),
+    click.option("--explore", default=2, show_default=True, type=click.IntRange(min=0),
+                 help="Schedules to try per task, hunting an interleaving where concurrent "
+                      "copies disagree (0: off; needs Hypothesis)."),
+    click.option("--explore-seed", default=0, show_default=True, type=int,
+                 help="Seed of the schedule search, to reproduce a finding."),
+    click.option("--shuffle", type=int, metavar="SEED",
+                 help="Run the tasks in a random order this seed reproduces (default: by "
+                      "name)."),
+    click.option("--sandbox", is_flag=True,
+                 help="Run the audited process tree in a network namespace of its own, where "
+                      "only the allowed endpoints are bridged in (Linux, root)."),
+    click.option("--shim", "shims", multiple=True, type=click.Choice(sorted(SHIMS)),
+                 help="Apply a gevent shim in the audited process first (repeatable)."),
+    click.option("--allow-publish", is_flag=True,
+                 help="Send the messages tasks publish (chains, chords, retries, send_task) "
+                      "to the app's real broker; by default they are captured and counted."),
+    click.option("-v", "--verbose", is_flag=True,
+                 help="Also show info findings (warm-up stalls)."),
+)
+
+
+def audit_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a command with every audit option, in the order --help lists them."""
+    for option in reversed(AUDIT_OPTIONS):
+        func = option(func)
+    return func
+
+
+def make_audit_plan(  # noqa: PLR0917 - the audit's options, one by one
     app: str | None, scenario_path: str | None, django_settings: str | None,
-    workdir: str | None, globs: tuple[str, ...],
-    concurrency: int, warn_ms: float, threshold_ms: float, task_timeout: float, runs: int,
-    explore: int, explore_seed: int, shuffle: int | None, sandbox: bool,
-    shims: tuple[str, ...], allow_publish: bool,
-    json_path: str | None, markdown_path: str | None, verbose: bool,
-) -> None:
-    """Run every task of a Celery app under a monkey-patched gevent worker and judge it."""
+    workdir: str | None, globs: tuple[str, ...], concurrency: int, warn_ms: float,
+    threshold_ms: float, task_timeout: float, runs: int, explore: int, explore_seed: int,
+    shims: tuple[str, ...], shuffle: int | None = None, sandbox: bool = False,
+    allow_publish: bool = False,
+) -> AuditPlan:
+    """The audit the options ask for, the scenario merged in; UsageError when incomplete."""
     scenario = load_scenario(scenario_path) if scenario_path else None
     if scenario is not None:
         app = app or scenario.app
@@ -102,15 +113,17 @@ def audit(  # noqa: PLR0917 - click passes every option as an argument
     if warn_ms > threshold_ms:
         raise click.UsageError(f"--warn-ms ({warn_ms:g}) must not exceed --threshold-ms "
                                f"({threshold_ms:g})")
-    for flag, path in (("--json", json_path), ("--markdown", markdown_path)):
-        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-            raise click.UsageError(f"{flag}: folder {os.path.dirname(path)!r} does not exist")
     settings = Settings(threshold_ms=threshold_ms, warn_ms=warn_ms, concurrency=concurrency,
                         task_timeout_s=task_timeout, runs=runs, mode="inprocess",
                         shims=tuple(shims), explore=explore if _has_hypothesis() else 0,
                         explore_seed=explore_seed, shuffle=shuffle, sandbox=sandbox,
                         allow_publish=allow_publish or bool(scenario and scenario.allow_publish))
-    out = Console(width=None if sys.stdout.isatty() else 160)
+    return AuditPlan(app, settings, django_settings=django_settings, workdir=workdir,
+                     globs=globs, scenario=scenario)
+
+
+def run_with_progress(plan: AuditPlan) -> tuple[Report, list[str]]:
+    """Run the audit with a progress bar on stderr; UsageError when the app has no task."""
     err = Console(stderr=True)
     progress = Progress(TextColumn("[bold]auditing"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
@@ -127,15 +140,42 @@ def audit(  # noqa: PLR0917 - click passes every option as an argument
     def on_done(task: TaskRecord) -> None:
         progress.advance(bar["id"])
 
-    json_path = os.path.abspath(json_path) if json_path else None
-    markdown_path = os.path.abspath(markdown_path) if markdown_path else None
-    plan = AuditPlan(app, settings, django_settings=django_settings, workdir=workdir,
-                     globs=globs, scenario=scenario)
     with progress:
         report, notes = run_audit(plan, Callbacks(on_tasks, on_start, on_done))
     if not report.tasks:
         raise click.UsageError(
-            f"no tasks to audit in {app!r}" + (f" matching {', '.join(globs)}" if globs else ""))
+            f"no tasks to audit in {plan.app!r}"
+            + (f" matching {', '.join(plan.globs)}" if plan.globs else ""))
+    return report, notes
+
+
+@cli.command()
+@audit_options
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
+              help="Write the JSON report here (atomically).")
+@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, writable=True),
+              help="Write the migration plan for operations here, as Markdown.")
+def audit(  # noqa: PLR0917 - click passes every option as an argument
+    app: str | None, scenario_path: str | None, django_settings: str | None,
+    workdir: str | None, globs: tuple[str, ...],
+    concurrency: int, warn_ms: float, threshold_ms: float, task_timeout: float, runs: int,
+    explore: int, explore_seed: int, shuffle: int | None, sandbox: bool,
+    shims: tuple[str, ...], allow_publish: bool, json_path: str | None,
+    markdown_path: str | None, verbose: bool,
+) -> None:
+    """Run every task of a Celery app under a monkey-patched gevent worker and judge it."""
+    plan = make_audit_plan(app, scenario_path, django_settings, workdir, globs, concurrency,
+                           warn_ms, threshold_ms, task_timeout, runs, explore, explore_seed,
+                           shims, shuffle=shuffle, sandbox=sandbox,
+                           allow_publish=allow_publish)
+    for flag, path in (("--json", json_path), ("--markdown", markdown_path)):
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise click.UsageError(f"{flag}: folder {os.path.dirname(path)!r} does not exist")
+    out = Console(width=None if sys.stdout.isatty() else 160)
+    err = Console(stderr=True)
+    json_path = os.path.abspath(json_path) if json_path else None
+    markdown_path = os.path.abspath(markdown_path) if markdown_path else None
+    report, notes = run_with_progress(plan)
     if json_path:
         write_atomic(json_path, render_json(report))
     if markdown_path:
@@ -150,6 +190,21 @@ def audit(  # noqa: PLR0917 - click passes every option as an argument
                    "ran; give the tasks that need arguments their inputs in a scenario file "
                    '(--scenario FILE, [tasks."NAME"] calls = [{ args = [...] }])', err=True)
     sys.exit(report.exit_code)
+
+
+@cli.command()
+@audit_options
+@gate_options
+@click.pass_context
+def gate(ctx: click.Context, /, **options: Any) -> None:
+    """Open (exit 0) or closed (exit 1): are the tasks on the gevent queues certified or waived?
+
+    Runs the audit (same options) or reads reports (--report), then applies the policy in
+    [tool.geventcheck] of pyproject.toml (or --config): waivers, gevent queues, baseline.
+    """
+    from ._gatecmd import run_gate
+
+    run_gate(ctx, options)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
@@ -198,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.UsageError as exc:
         click.echo(f"geventcheck: error: {exc.format_message()}", err=True)
         sys.exit(EXIT_USAGE)
-    except (AuditError, ScenarioError, ServiceError, DoctorError, SandboxError,
+    except (AuditError, ScenarioError, ServiceError, DoctorError, PolicyError, SandboxError,
             click.ClickException) as exc:
         message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
         click.echo(f"geventcheck: error: {message}", err=True)
