@@ -31,9 +31,9 @@ from ..detectors import PROBES, ProbeRun, _children, _drivers, _egress, _hub, _s
 from ..detectors._divergence import first_divergence
 from . import _appload, _execute, _isolation
 from ._channel import ChildChannel
+from ._contract import CONFIG_ENV
 from ._outbox import Outbox
 
-CONFIG_ENV = "GEVENTCHECK_CHILD"
 # Solo runs added when an error-level stall showed up in one measured run only.
 _CONFIRM_RUNS = 2
 _FAILED = object()
@@ -459,10 +459,3 @@ def main(before_patch: frozenset[str]) -> None:
     chan.send("done", version=_version.__version__)
     sys.stdout.flush()
     _REAL_EXIT(0)
-
-
-BOOTSTRAP = (
-    "import sys; _before = frozenset(sys.modules)\n"
-    "from gevent import monkey; monkey.patch_all()\n"
-    "from geventcheck.runner._child import main; main(_before)\n"
-)

@@ -26,8 +26,8 @@ from typing import Any
 from .._model import Driver, Environment, Finding, Settings
 from .._paths import is_audited_file, relative
 from .._scenario import Scenario
-from . import _child
 from ._channel import make_pipe, read_events
+from ._contract import BOOTSTRAP, CONFIG_ENV
 from ._sandbox import Sandbox, sandbox_for
 
 # Time the child gets to write its stacks after SIGUSR1, and to load the app.
@@ -133,10 +133,10 @@ class _Child:
         self.log_start = log.tell()  # the log holds every child's output: this one's starts here
         self.crashlog = os.path.join(workdir, f"crash-{time.monotonic_ns()}.log")
         cfg = {**cfg, "fd": write_fd, "crashlog": self.crashlog}
-        env = {**os.environ, **env, _child.CONFIG_ENV: _json_dumps(cfg),
+        env = {**os.environ, **env, CONFIG_ENV: _json_dumps(cfg),
                "PYTHONUNBUFFERED": "1"}
         self.proc = spawn(
-            [sys.executable, "-c", _child.BOOTSTRAP], env=env, pass_fds=(write_fd,),
+            [sys.executable, "-c", BOOTSTRAP], env=env, pass_fds=(write_fd,),
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd=cwd,
         )
         os.close(write_fd)
