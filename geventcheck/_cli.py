@@ -69,6 +69,10 @@ def cli() -> None:
               help="Seed of the schedule search, to reproduce a finding.")
 @click.option("--shim", "shims", multiple=True, type=click.Choice(sorted(SHIMS)),
               help="Apply a gevent shim in the audited process first (repeatable).")
+@click.option("--with-shims", "with_shims", metavar="auto|NAME[,NAME...]",
+              help="Prove the fixes: apply the shims the drivers need (auto) or the ones named, "
+                   "audit again the tasks that were no-go because of them, and report "
+                   "before -> after.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
               help="Write the JSON report here (atomically).")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, writable=True),
@@ -78,8 +82,8 @@ def audit(  # noqa: PLR0917 - click passes every option as an argument
     app: str | None, scenario_path: str | None, django_settings: str | None,
     workdir: str | None, globs: tuple[str, ...],
     concurrency: int, warn_ms: float, threshold_ms: float, task_timeout: float, runs: int,
-    explore: int, explore_seed: int, shims: tuple[str, ...], json_path: str | None,
-    markdown_path: str | None, verbose: bool,
+    explore: int, explore_seed: int, shims: tuple[str, ...], with_shims: str | None,
+    json_path: str | None, markdown_path: str | None, verbose: bool,
 ) -> None:
     """Run every task of a Celery app under a monkey-patched gevent worker and judge it."""
     scenario = load_scenario(scenario_path) if scenario_path else None
@@ -95,6 +99,7 @@ def audit(  # noqa: PLR0917 - click passes every option as an argument
     for flag, path in (("--json", json_path), ("--markdown", markdown_path)):
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise click.UsageError(f"{flag}: folder {os.path.dirname(path)!r} does not exist")
+    shim_plan = _with_shims(with_shims)
     settings = Settings(threshold_ms=threshold_ms, warn_ms=warn_ms, concurrency=concurrency,
                         task_timeout_s=task_timeout, runs=runs, mode="inprocess",
                         shims=tuple(shims), explore=explore if _has_hypothesis() else 0,
@@ -119,7 +124,7 @@ def audit(  # noqa: PLR0917 - click passes every option as an argument
     json_path = os.path.abspath(json_path) if json_path else None
     markdown_path = os.path.abspath(markdown_path) if markdown_path else None
     plan = AuditPlan(app, settings, django_settings=django_settings, workdir=workdir,
-                     globs=globs, scenario=scenario)
+                     globs=globs, scenario=scenario, with_shims=shim_plan)
     with progress:
         report, notes = run_audit(plan, Callbacks(on_tasks, on_start, on_done))
     if not report.tasks:
@@ -172,6 +177,17 @@ def doctor(app: str, json_path: str | None, live: bool, live_timeout: float,
         write_atomic(os.path.abspath(json_path), json.dumps(diagnosis.to_dict(), indent=2) + "\n")
     Console(width=None if sys.stdout.isatty() else 160).print(render_diagnosis(diagnosis))
     sys.exit(diagnosis.exit_code)
+
+
+def _with_shims(value: str | None) -> tuple[str, ...]:
+    from ._shimaudit import parse
+
+    if value is None:
+        return ()
+    try:
+        return parse(value)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 def _has_hypothesis() -> bool:

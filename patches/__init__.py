@@ -55,8 +55,9 @@ def module_name(name: str) -> str:
 
 
 def line_for(name: str) -> str:
-    """The exact line that applies one shim by hand, right after gevent patches."""
-    return f"from geventcheck.patches import {name}; {name}.patch()"
+    """The exact line that applies one shim by hand, right after gevent patches (it binds
+    only ``geventcheck``: the app's own ``psycopg2`` or ``redis`` names stay untouched)."""
+    return f"import geventcheck.patches.{name}; geventcheck.patches.{name}.patch()"
 
 
 def fix_for(name: str) -> str:
