@@ -1,0 +1,123 @@
+"""The bootstrap line in a real ``celery worker``: shims on a patched gevent worker, nothing
+on prefork, a loud warning when the pool is gevent but the process is not patched.
+
+Each test starts a real worker on its own queue of the real Redis and talks to it as a
+producer does (by task name: the test process never imports the app).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from .conftest import APPS, require_service
+
+BROKER = "redis://127.0.0.1:6379/13"
+QUERY_S = 0.5
+COPIES = 5
+# Five queries one after another take at least this long.
+SERIAL_S = COPIES * QUERY_S
+
+
+@contextmanager
+def worker(*args: str, conf_pool: str | None = None) -> Iterator[tuple[Any, str, list[str]]]:
+    """A real ``celery -A bootstrapped worker`` on a queue of its own; always killed."""
+    from celery import Celery
+
+    queue = f"bootstrapped-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "BOOTSTRAPPED_BROKER": BROKER, "BOOTSTRAPPED_BACKEND": BROKER,
+           "BOOTSTRAPPED_QUEUE": queue}
+    env.pop("CELERY_WORKER_POOL", None)
+    if conf_pool:
+        env["BOOTSTRAPPED_CONF_POOL"] = conf_pool
+    cmd = [sys.executable, "-m", "celery", "-A", "bootstrapped", "worker", *args, "-Q", queue,
+           "-n", f"{queue}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
+           "--loglevel", "INFO"]
+    proc = subprocess.Popen(cmd, cwd=APPS, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")),
+                              daemon=True)
+    reader.start()
+    client = Celery("producer", broker=BROKER, backend=BROKER)
+    try:
+        yield client, queue, lines
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the worker and its pool children
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+        reader.join(timeout=5)
+        if proc.stderr is not None:
+            proc.stderr.close()
+        import redis
+
+        r = redis.Redis.from_url(BROKER)
+        r.delete(queue)
+        r.close()
+        client.close()
+
+
+def _state(client: Any, queue: str, lines: list[str]) -> dict[str, Any]:
+    result = client.send_task("bootstrapped.tasks.state", queue=queue)
+    try:
+        value: dict[str, Any] = result.get(timeout=90)
+    except Exception as exc:
+        raise AssertionError(f"the worker did not answer ({exc!r}):\n{''.join(lines)}") from exc
+    result.forget()
+    return value
+
+
+@pytest.fixture(autouse=True)
+def services() -> None:
+    require_service("redis")
+    require_service("postgres")
+    require_service("mariadb")
+
+
+def test_gevent_worker_with_the_bootstrap_runs_psycopg2_queries_together() -> None:
+    with worker("-P", "gevent", "-c", "10") as (client, queue, lines):
+        state = _state(client, queue, lines)
+        assert state["patched"] is True, state
+        assert state["wait_callback"] == "psycogreen.gevent", state
+        # tasks.py says `import MySQLdb` at its top: the bootstrap ran before it
+        assert state["mysqldb_is_pymysql"] is True, state
+        results = [client.send_task("bootstrapped.tasks.slow_query", args=[QUERY_S],
+                                    queue=queue) for _ in range(COPIES)]
+        spans = [r.get(timeout=60) for r in results]
+        for r in results:
+            r.forget()
+    starts, ends = [s for s, _ in spans], [e for _, e in spans]
+    # every query had started before the first one ended: they waited together
+    assert max(starts) < min(ends), spans
+    assert max(ends) - min(starts) < SERIAL_S, spans
+
+
+def test_prefork_worker_with_the_bootstrap_is_untouched() -> None:
+    with worker("-P", "prefork", "-c", "1") as (client, queue, lines):
+        state = _state(client, queue, lines)
+    assert state == {**state, "patched": False, "wait_callback": None,
+                     "mysqldb_is_pymysql": False}, state
+    assert not [line for line in lines if "geventcheck" in line], lines
+
+
+def test_gevent_pool_without_patching_is_said_loudly() -> None:
+    """worker_pool = "gevent" in the configuration and no -P: Celery runs gevent unpatched."""
+    with worker(conf_pool="gevent") as (_client, _queue, lines):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any("NOT monkey-patched" in x for x in lines):
+            time.sleep(0.2)
+    said = [line for line in lines if "NOT monkey-patched" in line]
+    assert said, "".join(lines)
+    assert "worker_pool" in said[0], said
