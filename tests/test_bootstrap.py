@@ -7,6 +7,7 @@ producer does (by task name: the test process never imports the app).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -53,10 +54,8 @@ def worker(*args: str, conf_pool: str | None = None) -> Iterator[tuple[Any, str,
     try:
         yield client, queue, lines
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # the worker and its pool children
-        except ProcessLookupError:
-            pass
         proc.wait(timeout=30)
         reader.join(timeout=5)
         if proc.stderr is not None:
