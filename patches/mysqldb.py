@@ -33,12 +33,20 @@ def patch() -> None:
     loaded = sys.modules.get("MySQLdb")
     if loaded is not None and loaded is not pymysql:
         raise ImportError(MESSAGES["too-late"].format(
-            version=getattr(loaded, "__version__", "?"), file=getattr(loaded, "__file__", "?")))
+            version=_version_of(loaded), file=getattr(loaded, "__file__", "?")))
     if tuple(getattr(pymysql, "version_info", ())[:3]) < DJANGO_NEEDS[:3]:
         # Old PyMySQL reports mysqlclient 1.3/1.4, which Django refuses; it speaks the API.
         pymysql.version_info = DJANGO_NEEDS
         pymysql.__version__ = ".".join(str(p) for p in DJANGO_NEEDS[:3])
     pymysql.install_as_MySQLdb()
+
+
+def _version_of(module: object) -> str:
+    """mysqlclient has version_info but no __version__."""
+    version = getattr(module, "__version__", None)
+    if version is None:
+        version = ".".join(str(p) for p in getattr(module, "version_info", ("?",))[:3])
+    return str(version)
 
 
 def unpatch() -> None:

@@ -26,7 +26,7 @@ def patch() -> None:
         raise ImportError(MESSAGES["missing"].format(name=exc.name)) from exc
     ext = psycopg2.extensions
     if not hasattr(ext, "set_wait_callback") or not hasattr(ext, "get_wait_callback"):
-        raise ImportError(MESSAGES["no-hook"].format(version=psycopg2.__version__))
+        raise ImportError(MESSAGES["no-hook"].format(version=psycopg2.__version__.split()[0]))
     current = ext.get_wait_callback()
     if current is gevent_wait_callback:
         return
