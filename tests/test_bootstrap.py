@@ -8,6 +8,7 @@ producer does (by task name: the test process never imports the app).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -78,13 +79,14 @@ def _state(client: Any, queue: str, lines: list[str]) -> dict[str, Any]:
     return value
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def services() -> None:
     require_service("redis")
     require_service("postgres")
     require_service("mariadb")
 
 
+@pytest.mark.usefixtures("services")
 def test_gevent_worker_with_the_bootstrap_runs_psycopg2_queries_together() -> None:
     with worker("-P", "gevent", "-c", "10") as (client, queue, lines):
         state = _state(client, queue, lines)
@@ -103,6 +105,7 @@ def test_gevent_worker_with_the_bootstrap_runs_psycopg2_queries_together() -> No
     assert max(ends) - min(starts) < SERIAL_S, spans
 
 
+@pytest.mark.usefixtures("services")
 def test_prefork_worker_with_the_bootstrap_is_untouched() -> None:
     with worker("-P", "prefork", "-c", "1") as (client, queue, lines):
         state = _state(client, queue, lines)
@@ -111,6 +114,7 @@ def test_prefork_worker_with_the_bootstrap_is_untouched() -> None:
     assert not [line for line in lines if "geventcheck" in line], lines
 
 
+@pytest.mark.usefixtures("services")
 def test_gevent_pool_without_patching_is_said_loudly() -> None:
     """worker_pool = "gevent" in the configuration and no -P: Celery runs gevent unpatched."""
     with worker(conf_pool="gevent") as (_client, _queue, lines):
@@ -120,3 +124,29 @@ def test_gevent_pool_without_patching_is_said_loudly() -> None:
     said = [line for line in lines if "NOT monkey-patched" in line]
     assert said, "".join(lines)
     assert "worker_pool" in said[0], said
+
+
+@pytest.mark.parametrize(("args", "conf_pool", "severity", "says"), [
+    (["-P", "gevent", "-c", "150"], None, "info",
+     "this gevent worker is patched, so it applies geventcheck.patches.psycopg2"),
+    (["-P", "prefork"], None, "info", "on the prefork pool it does nothing"),
+    ([], "gevent", "warning", "runs the gevent pool unpatched"),
+], ids=["gevent", "prefork", "unpatched"])
+def test_doctor_says_the_bootstrap_is_in_place(tmp_path, args, conf_pool, severity,
+                                               says) -> None:
+    out = tmp_path / "doctor.json"
+    env = {k: v for k, v in os.environ.items() if k != "CELERY_WORKER_POOL"}
+    if conf_pool:
+        env["BOOTSTRAPPED_CONF_POOL"] = conf_pool
+    proc = subprocess.run(
+        [sys.executable, "-m", "geventcheck", "doctor", "-A", "bootstrapped", "--json", str(out),
+         "--", "worker", *args], cwd=APPS, capture_output=True, text=True, timeout=120, env=env)
+    assert out.exists(), proc.stderr
+    found = [f for f in json.loads(out.read_text())["findings"] if f["kind"] == "bootstrap"]
+    assert len(found) == 1, found
+    assert found[0]["severity"] == severity and says in found[0]["message"], found
+    assert found[0]["file"].endswith("bootstrapped/celery.py"), found
+    line = next(n for n, text in enumerate(
+        (APPS / "bootstrapped" / "celery.py").read_text().splitlines(), 1)
+        if "# the bootstrap line" in text)
+    assert found[0]["line"] == line, found
