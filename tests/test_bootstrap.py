@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import APPS, require_service
+from .conftest import APPS, require_service, run_audit
 
 BROKER = "redis://127.0.0.1:6379/13"
 QUERY_S = 0.5
@@ -150,3 +150,15 @@ def test_doctor_says_the_bootstrap_is_in_place(tmp_path, args, conf_pool, severi
         (APPS / "bootstrapped" / "celery.py").read_text().splitlines(), 1)
         if "# the bootstrap line" in text)
     assert found[0]["line"] == line, found
+
+
+@pytest.mark.usefixtures("services")
+def test_the_audit_sees_the_app_as_its_bootstrapped_gevent_worker(tmp_path) -> None:
+    """The audited process is a patched gevent worker: the bootstrap applies its shims there
+    too, so the audit judges the app as it will really run."""
+    result = run_audit("-A", "bootstrapped", "--task", "*.state", "--runs", "1",
+                       cwd=APPS, tmp_path=tmp_path)
+    assert result.report is not None, result.stderr
+    drivers = {d["name"]: d["status"] for d in result.report["environment"]["drivers"]}
+    assert drivers["psycopg2"] == "shimmed" and drivers["MySQLdb"] == "shimmed", drivers
+    assert result.task("bootstrapped.tasks.state")["verdict"] == "go"
