@@ -51,11 +51,12 @@ class BootstrapState:
 
 
 def _argv_pool(argv: list[str]) -> str | None:
-    """The pool Celery's own patching scan reads (celery/__main__.py): -P X, --pool[=]X."""
+    """The pool Celery's own patching scan reads (celery/__main__.py): -P X, -P=X, --pool X,
+    --pool=X. An attached -PX is not read: Celery does not patch for it either."""
     for i, arg in enumerate(argv):
         if arg in _POOL_FLAGS and i + 1 < len(argv):
             return argv[i + 1]
-        if arg.startswith("--pool="):
+        if arg.startswith(("--pool=", "-P=")):
             return arg.split("=", 1)[1]
     return None
 

@@ -88,12 +88,14 @@ def services() -> None:
 
 @pytest.mark.usefixtures("services")
 def test_gevent_worker_with_the_bootstrap_runs_psycopg2_queries_together() -> None:
-    with worker("-P", "gevent", "-c", "10") as (client, queue, lines):
+    with worker("-P", "gevent", "-c", "150") as (client, queue, lines):
         state = _state(client, queue, lines)
         assert state["patched"] is True, state
         assert state["wait_callback"] == "psycogreen.gevent", state
         # tasks.py says `import MySQLdb` at its top: the bootstrap ran before it
         assert state["mysqldb_is_pymysql"] is True, state
+        # concurrency 150 is above redis-py's default pool of 100: the pool was sized for it
+        assert state["redis_limit"] == 150, state
         results = [client.send_task("bootstrapped.tasks.slow_query", args=[QUERY_S],
                                     queue=queue) for _ in range(COPIES)]
         spans = [r.get(timeout=60) for r in results]
@@ -110,7 +112,7 @@ def test_prefork_worker_with_the_bootstrap_is_untouched() -> None:
     with worker("-P", "prefork", "-c", "1") as (client, queue, lines):
         state = _state(client, queue, lines)
     assert state == {**state, "patched": False, "wait_callback": None,
-                     "mysqldb_is_pymysql": False}, state
+                     "mysqldb_is_pymysql": False, "redis_limit": 100}, state
     assert not [line for line in lines if "geventcheck" in line], lines
 
 

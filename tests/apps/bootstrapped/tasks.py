@@ -36,11 +36,13 @@ def slow_query(seconds: float) -> list[float]:
 def state() -> dict[str, object]:
     """What the worker process looks like from inside a task."""
     from gevent import monkey
+    from geventcheck.patches import redis as redis_shim
 
     callback = psycopg2.extensions.get_wait_callback()
     return {
         "patched": monkey.is_module_patched("socket"),
         "wait_callback": getattr(callback, "__module__", None),
         "mysqldb_is_pymysql": MySQLdb is sys.modules.get("pymysql"),
+        "redis_limit": redis_shim.limit(),
         "pid": os.getpid(),
     }
