@@ -37,6 +37,9 @@ MESSAGES = {
 
 _POOL_FLAGS = ("-P", "--pool")
 
+# The environment variable that bootstraps every app the celery command loads, no code change.
+ENV = "GEVENTCHECK_BOOTSTRAP"
+
 
 @dataclass
 class BootstrapState:
@@ -48,6 +51,7 @@ class BootstrapState:
     applied: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)
     warned: bool = False
+    via_env: bool = False  # GEVENTCHECK_BOOTSTRAP=1, not a line in the app
 
 
 def _argv_pool(argv: list[str]) -> str | None:
@@ -136,7 +140,8 @@ def _apply(state: BootstrapState, concurrency: int | None, *, later: bool) -> No
             state.applied.append(name)
 
 
-def bootstrap(app: Any, shims: Iterable[str] | str = "auto") -> BootstrapState:
+def bootstrap(app: Any, shims: Iterable[str] | str = "auto", *,
+              _via_env: bool = False) -> BootstrapState:
     """Apply the gevent shims this app needs when, and only when, it runs as a patched gevent
     worker; warn loudly when the pool is gevent but the process is not patched.
 
@@ -155,8 +160,11 @@ def bootstrap(app: Any, shims: Iterable[str] | str = "auto") -> BootstrapState:
             if name not in SHIMS:
                 raise ValueError(MESSAGES["unknown"].format(
                     name=name, known=", ".join(sorted(SHIMS))))
-    caller = inspect.stack(0)[1]
-    state = BootstrapState(names, file=caller.filename, line=caller.lineno)
+    if _via_env:
+        state = BootstrapState(names, via_env=True)
+    else:
+        caller = inspect.stack(0)[1]
+        state = BootstrapState(names, file=caller.filename, line=caller.lineno)
     app._geventcheck_bootstrap = state
 
     argv = list(sys.argv)
@@ -199,3 +207,23 @@ def _why_unpatched(argv: list[str]) -> str:
     if _argv_pool(argv) is None and "worker" in argv:
         return "the pool comes from the configuration (worker_pool), not from -P"
     return "started without the celery command's -P gevent (worker_main() or a custom entry point)"
+
+
+def env_enabled() -> bool:
+    return os.environ.get(ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def install_env_hook() -> None:
+    """``GEVENTCHECK_BOOTSTRAP=1``: bootstrap the app the celery command loads, when Celery
+    is about to import its task modules (the ``import_modules`` signal), without a line in
+    celery.py. Called when the celery command loads geventcheck's command plugin."""
+    if not env_enabled():
+        return
+    from celery import signals
+
+    def on_import_modules(sender: Any = None, **_: Any) -> None:
+        if sender is not None:
+            bootstrap(sender, _via_env=True)
+
+    signals.import_modules.connect(on_import_modules, weak=False,
+                                   dispatch_uid="geventcheck.bootstrap.env")

@@ -32,14 +32,19 @@ SERIAL_S = COPIES * QUERY_S
 
 
 @contextmanager
-def worker(*args: str, conf_pool: str | None = None) -> Iterator[tuple[Any, str, list[str]]]:
+def worker(*args: str, conf_pool: str | None = None,
+           env: dict[str, str] | None = None) -> Iterator[tuple[Any, str, list[str]]]:
     """A real ``celery -A bootstrapped worker`` on a queue of its own; always killed."""
     from celery import Celery
 
     queue = f"bootstrapped-{uuid.uuid4().hex[:8]}"
+    extra = env or {}
     env = {**os.environ, "BOOTSTRAPPED_BROKER": BROKER, "BOOTSTRAPPED_BACKEND": BROKER,
-           "BOOTSTRAPPED_QUEUE": queue}
+           "BOOTSTRAPPED_QUEUE": queue, **extra}
     env.pop("CELERY_WORKER_POOL", None)
+    for name in ("GEVENTCHECK_BOOTSTRAP", "BOOTSTRAPPED_WITHOUT_LINE"):
+        if name not in extra:
+            env.pop(name, None)
     if conf_pool:
         env["BOOTSTRAPPED_CONF_POOL"] = conf_pool
     cmd = [sys.executable, "-m", "celery", "-A", "bootstrapped", "worker", *args, "-Q", queue,
@@ -164,3 +169,38 @@ def test_the_audit_sees_the_app_as_its_bootstrapped_gevent_worker(tmp_path) -> N
     drivers = {d["name"]: d["status"] for d in result.report["environment"]["drivers"]}
     assert drivers["psycopg2"] == "shimmed" and drivers["MySQLdb"] == "shimmed", drivers
     assert result.task("bootstrapped.tasks.state")["verdict"] == "go"
+
+
+@pytest.mark.usefixtures("services")
+def test_the_environment_variable_bootstraps_an_app_without_the_line() -> None:
+    """GEVENTCHECK_BOOTSTRAP=1: the celery command's plugin bootstraps the app before Celery
+    imports its task modules (which import MySQLdb at their top)."""
+    env = {"BOOTSTRAPPED_WITHOUT_LINE": "1", "GEVENTCHECK_BOOTSTRAP": "1"}
+    with worker("-P", "gevent", "-c", "10", env=env) as (client, queue, lines):
+        state = _state(client, queue, lines)
+    assert state["wait_callback"] == "psycogreen.gevent", state
+    assert state["mysqldb_is_pymysql"] is True, state
+
+
+@pytest.mark.usefixtures("services")
+def test_without_the_line_nor_the_variable_nothing_is_shimmed() -> None:
+    with worker("-P", "gevent", "-c", "10", env={"BOOTSTRAPPED_WITHOUT_LINE": "1"}) as (
+            client, queue, lines):
+        state = _state(client, queue, lines)
+    assert state["patched"] is True, state
+    assert state["wait_callback"] is None and state["mysqldb_is_pymysql"] is False, state
+
+
+def test_doctor_says_the_environment_variable_bootstraps_the_app(tmp_path) -> None:
+    out = tmp_path / "doctor.json"
+    env = {k: v for k, v in os.environ.items() if k != "CELERY_WORKER_POOL"}
+    env.update(BOOTSTRAPPED_WITHOUT_LINE="1", GEVENTCHECK_BOOTSTRAP="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "geventcheck", "doctor", "-A", "bootstrapped", "--json", str(out),
+         "--", "worker", "-P", "gevent"], cwd=APPS, capture_output=True, text=True,
+        timeout=120, env=env)
+    assert out.exists(), proc.stderr
+    found = [f for f in json.loads(out.read_text())["findings"] if f["kind"] == "bootstrap"]
+    assert [f["message"].split(":")[0] for f in found] == [
+        "GEVENTCHECK_BOOTSTRAP=1 is set"], found
+    assert "so it applies geventcheck.patches.psycopg2" in found[0]["message"], found

@@ -13,4 +13,5 @@ app.conf.task_default_queue = os.environ.get("BOOTSTRAPPED_QUEUE", "bootstrapped
 app.conf.worker_hijack_root_logger = False
 if os.environ.get("BOOTSTRAPPED_CONF_POOL"):
     app.conf.worker_pool = os.environ["BOOTSTRAPPED_CONF_POOL"]
-geventcheck.patches.bootstrap(app)  # the bootstrap line
+if not os.environ.get("BOOTSTRAPPED_WITHOUT_LINE"):  # to test GEVENTCHECK_BOOTSTRAP=1 instead
+    geventcheck.patches.bootstrap(app)  # the bootstrap line
