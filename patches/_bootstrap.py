@@ -126,12 +126,13 @@ def _apply(state: BootstrapState, concurrency: int | None, *, later: bool) -> No
     for name in names:
         if name in state.applied or name in state.refused:
             continue
-        if name == "redis" and concurrency is None:
+        size = concurrency
+        if name == "redis" and size is None:
             if later:
                 continue  # sized at worker_init, when the concurrency is known
-            concurrency = 100
+            size = 100  # the worker would not say its concurrency: redis-py's default
         try:
-            apply(name, concurrency=concurrency)
+            apply(name, concurrency=size)
         except (ImportError, ValueError) as exc:
             state.refused[name] = str(exc)
             log.error(MESSAGES["refused"].format(name=name, error=exc))

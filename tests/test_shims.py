@@ -328,3 +328,30 @@ print(json.dumps([refusal(patches.apply, "nope"),
 """)
     assert out[0].startswith("ValueError: unknown shim 'nope'; known: grpc, mysqldb"), out
     assert out[1].startswith("ValueError: bootstrap(): unknown shim 'nope'"), out
+
+
+def test_mysqldb_and_redis_refusals_name_the_version() -> None:
+    out = run(REFUSE + """
+import pymysql
+del pymysql.install_as_MySQLdb
+from geventcheck.patches import mysqldb, redis as redis_shim
+no_hook = refusal(mysqldb.patch)
+import redis, redis.connection
+del redis.connection.BlockingConnectionPool
+print(json.dumps([no_hook, pymysql.__version__, refusal(redis_shim.patch, concurrency=150),
+                  redis.__version__]))
+""")
+    assert out[0] == (f"ImportError: PyMySQL {out[1]} has no install_as_MySQLdb(); the mysqldb "
+                      "shim needs PyMySQL >= 0.7"), out
+    assert out[2] == (f"ImportError: redis-py {out[3]} has no redis.client.ConnectionPool or "
+                      "BlockingConnectionPool; the redis shim needs redis-py >= 4"), out
+
+
+def test_redis_missing_says_how_to_install_it() -> None:
+    out = run(REFUSE + """
+import sys; sys.modules["redis"] = None
+from geventcheck.patches import redis as shim
+print(json.dumps([refusal(shim.patch, concurrency=150), shim.is_applied()]))
+""")
+    assert out == ["ImportError: the redis shim needs redis-py: pip install 'geventcheck[redis]'",
+                   False]
