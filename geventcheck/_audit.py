@@ -65,8 +65,8 @@ def run_audit(plan: AuditPlan, callbacks: Callbacks | None = None) -> tuple[Repo
         redo = {t.name: names for t in report.tasks
                 if (names := _shimaudit.shims_for(t, applied))}
         if not redo:
-            section = ShimSection(plan.with_shims, applied,
-                                  note=_shimaudit.none_needed_note(applied))
+            section = ShimSection(plan.with_shims, applied, note=_shimaudit.join_notes(
+                _shimaudit.none_needed_note(applied), _shimaudit.unshimmable_note(report)))
             return _shimaudit.merge(report, None, section), notes
         shimmed = dataclasses.replace(plan.settings,
                                       shims=tuple(plan.settings.shims) + applied)
@@ -75,7 +75,8 @@ def run_audit(plan: AuditPlan, callbacks: Callbacks | None = None) -> tuple[Repo
         notes += [f"with shims: {n}" for n in again.notes if n not in notes]
         after = _report(plan, shimmed, again, running.requests(), by_endpoint)
     section = ShimSection(plan.with_shims, applied,
-                          tuple(_shimaudit.outcomes(report, after, redo)))
+                          tuple(_shimaudit.outcomes(report, after, redo)),
+                          note=_shimaudit.unshimmable_note(report))
     return _shimaudit.merge(report, after, section), notes
 
 

@@ -21,6 +21,7 @@ MESSAGES = {
     "unknown": "--with-shims: unknown shim {name!r}; give 'auto' or names from: {known}",
     "empty": "--with-shims: expected 'auto' or a comma-separated list of shims, got {value!r}",
     "none-needed": "the driver inventory found no library that a shim fixes",
+    "no-shim": "no shim can fix {names}: see the driver's fix",
     "no-task": "no task was no-go because of {names}: nothing to audit again",
     "after-go": "go with {modules}",
     "after-other": "{verdict} with {modules}: {reason}",
@@ -155,3 +156,15 @@ def none_needed_note(applied: tuple[str, ...]) -> str:
     if not applied:
         return MESSAGES["none-needed"]
     return MESSAGES["no-task"].format(names=", ".join(applied))
+
+
+def unshimmable_note(report: Report) -> str | None:
+    """Blocking libraries no shim fixes (psycopg 3 imported too early, pylibmc...)."""
+    names = [d.name for d in report.environment.drivers
+             if d.status == "blocking" and d.name not in DRIVER_SHIMS]
+    return MESSAGES["no-shim"].format(names=", ".join(names)) if names else None
+
+
+def join_notes(*notes: str | None) -> str | None:
+    said = [n for n in notes if n]
+    return "; ".join(said) if said else None

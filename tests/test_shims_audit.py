@@ -16,9 +16,9 @@ COPIES = 4
 THRESHOLD = ("--threshold-ms", "150")
 
 
-def _run(audit: Any, *args: str) -> AuditResult:
+def _run(audit: Any, *args: str, env: dict[str, str] | None = None) -> AuditResult:
     result: AuditResult = audit("--runs", "1", "-c", str(COPIES), "--task-timeout", "20", *args,
-                                cwd=APPS)
+                                cwd=APPS, env=env)
     assert result.report is not None, f"no report (exit {result.returncode}): {result.stderr}"
     return result
 
@@ -118,3 +118,21 @@ def test_bad_with_shims_is_one_line_and_exit_2(tmp_path: Path) -> None:
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.strip().splitlines() == [f"geventcheck: error: {says}"], proc.stderr
 
+
+
+def test_psycopg_imported_before_patching_is_explained_as_import_order(audit: Any) -> None:
+    require_service("postgres")
+    preimport = APPS / "drivers" / "preimport_psycopg"
+    result = _run(audit, "-A", "drivers", "--task", "drivers.pg3.*", "--with-shims", "auto",
+                  env={"PYTHONPATH": str(preimport)})
+    assert result.report is not None
+    [psycopg] = [d for d in result.report["environment"]["drivers"] if d["name"] == "psycopg"]
+    assert psycopg["status"] == "blocking", psycopg
+    assert "psycopg was imported before patching" in psycopg["detail"], psycopg
+    assert psycopg["fix"].startswith("no shim can fix it, the fix is the import order"), psycopg
+    # the app loads psycopg2 and mysqlclient too (for other tasks): their shims have no task here
+    assert result.report["shims"]["note"] == (
+        "no task was no-go because of mysqldb, psycopg2: nothing to audit again; no shim can "
+        "fix psycopg: see the driver's fix"), result.report["shims"]
+    assert result.report["shims"]["tasks"] == []
+    assert result.task("drivers.pg3.pg_sleep")["verdict"] == "no-go"

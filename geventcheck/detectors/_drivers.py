@@ -31,11 +31,11 @@ BLOCKING_FIXES = {
     "oracledb": "use python-oracledb in thin mode (the default); thick mode blocks in C",
     "pyodbc": f"{_OFFLOAD}, or route the task to a prefork queue",
     "cassandra": "patch before importing cassandra so it picks its gevent reactor",
-    "psycopg": "no shim can fix it once loaded: psycopg picks its wait function when "
-    "psycopg.waiting is first imported, so import psycopg only after "
-    "gevent.monkey.patch_all() (celery -A app worker -P gevent does that before loading the "
-    "app; a custom entry point must patch before importing psycopg or Django), and do not set "
-    "PSYCOPG_WAIT_FUNC=wait_c, so it picks a cooperative wait function",
+    "psycopg": "no shim can fix it, the fix is the import order: psycopg picks its wait "
+    "function once, when psycopg.waiting is first imported, so import psycopg only after "
+    "gevent.monkey.patch_all() (celery -A app worker -P gevent patches before loading the "
+    "app; a custom entry point or a sitecustomize must not import psycopg or Django first), "
+    "and do not set PSYCOPG_WAIT_FUNC=wait_c, so it picks a cooperative wait function",
 }
 
 _PIP_NAMES = {
