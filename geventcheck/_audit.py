@@ -65,7 +65,8 @@ def run_audit(plan: AuditPlan, callbacks: Callbacks | None = None) -> tuple[Repo
         redo = {t.name: names for t in report.tasks
                 if (names := _shimaudit.shims_for(t, applied))}
         if not redo:
-            section = ShimSection(plan.with_shims, applied, note=_shimaudit.join_notes(
+            # chosen but applied nowhere: no second audit ran
+            section = ShimSection(plan.with_shims, (), note=_shimaudit.join_notes(
                 _shimaudit.none_needed_note(applied), _shimaudit.unshimmable_note(report)))
             return _shimaudit.merge(report, None, section), notes
         shimmed = dataclasses.replace(plan.settings,

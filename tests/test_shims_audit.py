@@ -134,5 +134,5 @@ def test_psycopg_imported_before_patching_is_explained_as_import_order(audit: An
     assert result.report["shims"]["note"] == (
         "no task was no-go because of mysqldb, psycopg2: nothing to audit again; no shim can "
         "fix psycopg: see the driver's fix"), result.report["shims"]
-    assert result.report["shims"]["tasks"] == []
+    assert result.report["shims"]["tasks"] == [] and result.report["shims"]["applied"] == []
     assert result.task("drivers.pg3.pg_sleep")["verdict"] == "no-go"
