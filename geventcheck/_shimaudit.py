@@ -26,6 +26,8 @@ MESSAGES = {
     "after-go": "go with {modules}",
     "after-other": "{verdict} with {modules}: {reason}",
     "before": "no-go: {driver} blocking{where}",
+    "before-redis": "no-go: redis-py's pool raised \"Too many connections\" at concurrency "
+                    "{concurrency}",
     "row": "{task}: {before} → {after}",
 }
 
@@ -83,8 +85,10 @@ def shims_for(task: TaskReport, shims: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(s for s in dict.fromkeys(blamed) if s in shims)
 
 
-def before_text(task: TaskReport) -> str:
+def before_text(task: TaskReport, concurrency: int | None = None) -> str:
     """``no-go: psycopg2 blocking in poll()``: the driver and what it waited in."""
+    if any(f.kind == "task-error" and _REDIS_LIMIT.search(f.message) for f in task.findings):
+        return MESSAGES["before-redis"].format(concurrency=concurrency or "?")
     for f in task.findings:
         if f.kind == "unsafe-driver" and f.severity == "error":
             syscall = re.search(r"\bin (?:the )?(\w+)(?: syscall|\(\))", f.native or f.message)
@@ -104,6 +108,7 @@ def escape_glob(name: str) -> str:
 def outcomes(before: Report, after: Report, plan: dict[str, tuple[str, ...]]) -> \
         list[ShimOutcome]:
     by_name = {t.name: t for t in after.tasks}
+    concurrency = before.settings.concurrency
     out = []
     for task in before.tasks:
         shims = plan.get(task.name)
@@ -112,8 +117,8 @@ def outcomes(before: Report, after: Report, plan: dict[str, tuple[str, ...]]) ->
         again = by_name.get(task.name)
         modules = ", ".join(f"geventcheck.patches.{s}" for s in shims)
         if again is None:
-            out.append(ShimOutcome(task.name, shims, task.verdict, before_text(task), "skipped",
-                                   "not run again"))
+            out.append(ShimOutcome(task.name, shims, task.verdict,
+                                   before_text(task, concurrency), "skipped", "not run again"))
             continue
         if again.verdict == "go":
             reason = MESSAGES["after-go"].format(modules=modules)
@@ -122,7 +127,7 @@ def outcomes(before: Report, after: Report, plan: dict[str, tuple[str, ...]]) ->
             why = again.reason or (f"{top.kind}: {top.message}" if top else again.verdict)
             reason = MESSAGES["after-other"].format(verdict=again.verdict, modules=modules,
                                                     reason=why)
-        out.append(ShimOutcome(task.name, shims, task.verdict, before_text(task),
+        out.append(ShimOutcome(task.name, shims, task.verdict, before_text(task, concurrency),
                                again.verdict, reason))
     return out
 

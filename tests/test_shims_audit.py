@@ -136,3 +136,21 @@ def test_psycopg_imported_before_patching_is_explained_as_import_order(audit: An
         "fix psycopg: see the driver's fix"), result.report["shims"]
     assert result.report["shims"]["tasks"] == [] and result.report["shims"]["applied"] == []
     assert result.task("drivers.pg3.pg_sleep")["verdict"] == "no-go"
+
+
+def test_with_shims_auto_sizes_a_shared_redis_pool_at_concurrency_150(audit: Any) -> None:
+    """One module-level client, 150 concurrent tasks: redis-py's default pool of 100 raises
+    "Too many connections" for the others; with the redis shim they wait their turn."""
+    require_service("redis")
+    result: AuditResult = audit("-A", "sharedredis", "--runs", "1", "-c", "150", "--explore",
+                                "0", "--with-shims", "auto", cwd=APPS)
+    assert result.report is not None, result.stderr
+    [outcome] = result.report["shims"]["tasks"]
+    assert outcome["shims"] == ["redis"], outcome
+    assert outcome["before"] == {
+        "verdict": "no-go",
+        "reason": "no-go: redis-py's pool raised \"Too many connections\" at concurrency 150"}
+    assert outcome["after"]["verdict"] == "go", outcome
+    task = result.task("sharedredis.wait_on_redis")
+    assert task["verdict"] == "go", task
+    assert not [f for f in task["findings"] if "Too many connections" in f["message"]], task

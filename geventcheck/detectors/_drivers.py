@@ -134,14 +134,23 @@ def _oracledb(mod: Any, concurrency: int) -> Driver:
 def _redis(mod: Any, concurrency: int) -> Driver:
     import gc
 
-    small = sorted({
-        pool.max_connections
-        for pool in gc.get_objects()
-        if type(pool).__name__ == "ConnectionPool"
-        and type(pool).__module__.startswith("redis")
-        and isinstance(getattr(pool, "max_connections", None), int)
-        and pool.max_connections < concurrency
-    })
+    # The audit freezes what start-up left (gc.freeze, between runs), and get_objects() does
+    # not list frozen objects: look at them too, then freeze them again.
+    frozen = gc.get_freeze_count()
+    if frozen:
+        gc.unfreeze()
+    try:
+        small = sorted({
+            pool.max_connections
+            for pool in gc.get_objects()
+            if type(pool).__name__ == "ConnectionPool"
+            and type(pool).__module__.startswith("redis")
+            and isinstance(getattr(pool, "max_connections", None), int)
+            and pool.max_connections < concurrency
+        })
+    finally:
+        if frozen:
+            gc.freeze()
     if small:
         return Driver("redis", "cooperative", _version("redis"),
                       f"a ConnectionPool allows {small[0]} connections, fewer than the "
