@@ -4,12 +4,15 @@ line against the real PostgreSQL and MariaDB, and ``offload`` seen by the audit.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from .conftest import APPS, AuditResult, require_service
+import jsonschema
+
+from .conftest import APPS, SCHEMA, AuditResult, require_service
 
 COPIES = 4
 # PyMySQL's TLS set-up costs CPU on every connect (see test_drivers): judge the 200 ms wait.
@@ -33,6 +36,7 @@ def test_with_shims_auto_turns_psycopg2_and_mysqlclient_tasks_from_no_go_to_go(
                   "--markdown", str(plan))
     report = result.report
     assert report is not None
+    jsonschema.validate(report, json.loads(SCHEMA.read_text()))  # the section is an extra
     shims = report["shims"]
     assert shims["requested"] == ["auto"]
     assert sorted(shims["applied"]) == ["mysqldb", "psycopg2"], shims
