@@ -67,9 +67,9 @@ def choose(requested: tuple[str, ...], report: Report) -> tuple[str, ...]:
 
 
 def _driver_of(finding: Finding) -> str | None:
-    """``unsafe-driver`` messages start with the driver's import name."""
-    head = finding.message.split(" ", 1)[0]
-    return head if head in DRIVER_SHIMS else None
+    """``unsafe-driver`` messages start "<import name> blocks the hub" (detectors._stalls)."""
+    return next((name for name in DRIVER_SHIMS
+                 if finding.message.startswith(f"{name} blocks the hub")), None)
 
 
 def shims_for(task: TaskReport, shims: tuple[str, ...]) -> tuple[str, ...]:
