@@ -355,3 +355,28 @@ print(json.dumps([refusal(shim.patch, concurrency=150), shim.is_applied()]))
 """)
     assert out == ["ImportError: the redis shim needs redis-py: pip install 'geventcheck[redis]'",
                    False]
+
+
+def test_bootstrap_is_idempotent_and_leaves_a_non_worker_process_alone() -> None:
+    """A web process or a script that imports the app is no gevent worker: nothing changes,
+    even when it sends worker_init itself with a prefork pool."""
+    out = run("""
+import json, sys
+from celery import Celery, signals
+from geventcheck import patches
+app = Celery("x")
+first = patches.bootstrap(app)
+second = patches.bootstrap(app)
+import psycopg2.extensions
+class Sender:
+    pool_cls = "prefork"
+    concurrency = 4
+signals.worker_init.send(sender=Sender())
+print(json.dumps([first is second, len(signals.worker_init.receivers),
+                  psycopg2.extensions.get_wait_callback() is None, "MySQLdb" in sys.modules,
+                  first.applied, first.line]))
+""", patch=False)
+    same, receivers, no_callback, mysqldb_loaded, applied, line = out
+    assert same is True and receivers == 1, out
+    assert no_callback is True and mysqldb_loaded is False and applied == [], out
+    assert line == 6, out  # where the app called it: the doctor shows it
