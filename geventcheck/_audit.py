@@ -6,15 +6,17 @@ they print.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import tempfile
 from dataclasses import dataclass
+from typing import Any
 
 from . import _version
 from ._judge import judge
-from ._model import Report, Settings
+from ._model import Report, Settings, ShimSection
 from ._scenario import Scenario
-from .runner._parent import Auditor, Callbacks, count_service_calls
+from .runner._parent import Auditor, AuditRun, Callbacks, count_service_calls
 from .services import RunningServices
 
 
@@ -28,11 +30,15 @@ class AuditPlan:
     workdir: str | None = None
     globs: tuple[str, ...] = ()
     scenario: Scenario | None = None
+    # --with-shims: ("auto",) or shim names; tasks no-go because of them are audited again
+    with_shims: tuple[str, ...] = ()
 
 
 def run_audit(plan: AuditPlan, callbacks: Callbacks | None = None) -> tuple[Report, list[str]]:
     """The report and the notes worth telling the user; raises AuditError,
     AuditInternalError (geventcheck's own fault), ServiceError."""
+    from . import _shimaudit
+
     scenario = plan.scenario
     services = scenario.services if scenario else ()
     with tempfile.TemporaryDirectory(prefix="geventcheck-") as tmp, \
@@ -43,22 +49,46 @@ def run_audit(plan: AuditPlan, callbacks: Callbacks | None = None) -> tuple[Repo
             host: (running.endpoints[s.name].host, running.endpoints[s.name].port)
             for s in services for host in getattr(s, "hosts", ())
         }
-        auditor = Auditor(
-            plan.app, plan.settings, django_settings=plan.django_settings, globs=plan.globs,
-            workdir=plan.workdir, scenario=scenario, env=env,
-            django_overrides=scenario.rendered_settings(values) if scenario else {},
-            host_map=host_map, callbacks=callbacks,
-            services=[(e.host, e.port) for e in running.endpoints.values()],
-        )
-        result = auditor.run()
-        log = running.requests()
+        common: dict[str, Any] = {
+            "django_settings": plan.django_settings, "workdir": plan.workdir,
+            "scenario": scenario, "env": env,
+            "django_overrides": scenario.rendered_settings(values) if scenario else {},
+            "host_map": host_map, "callbacks": callbacks,
+            "services": [(e.host, e.port) for e in running.endpoints.values()],
+        }
+        result = Auditor(plan.app, plan.settings, globs=plan.globs, **common).run()
+        notes = list(result.notes)
         by_endpoint = {f"{e.host}:{e.port}": name for name, e in running.endpoints.items()}
+        report = _report(plan, plan.settings, result, running.requests(), by_endpoint)
+        if not plan.with_shims:
+            return report, notes
+        applied = _shimaudit.choose(plan.with_shims, report)
+        redo = {t.name: names for t in report.tasks
+                if (names := _shimaudit.shims_for(t, applied))}
+        if not redo:
+            # chosen but applied nowhere: no second audit ran
+            section = ShimSection(plan.with_shims, (), note=_shimaudit.join_notes(
+                _shimaudit.none_needed_note(applied), _shimaudit.unshimmable_note(report)))
+            return _shimaudit.merge(report, None, section), notes
+        shimmed = dataclasses.replace(plan.settings,
+                                      shims=tuple(plan.settings.shims) + applied)
+        again = Auditor(plan.app, shimmed,
+                        globs=tuple(_shimaudit.escape_glob(n) for n in redo), **common).run()
+        notes += [f"with shims: {n}" for n in again.notes if n not in notes]
+        after = _report(plan, shimmed, again, running.requests(), by_endpoint)
+    section = ShimSection(plan.with_shims, applied,
+                          tuple(_shimaudit.outcomes(report, after, redo)),
+                          note=_shimaudit.unshimmable_note(report))
+    return _shimaudit.merge(report, after, section), notes
+
+
+def _report(plan: AuditPlan, settings: Settings, result: AuditRun, log: list[dict[str, Any]],
+            by_endpoint: dict[str, str]) -> Report:
     count_service_calls(result.tasks, log)
-    report = Report(
+    return Report(
         tool_version=_version.__version__,
         created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        app=plan.app, settings=plan.settings, environment=result.environment,
-        tasks=tuple(judge(rec, plan.settings.warn_ms, by_endpoint,
-                                 threshold_ms=plan.settings.threshold_ms) for rec in result.tasks),
+        app=plan.app, settings=settings, environment=result.environment,
+        tasks=tuple(judge(rec, settings.warn_ms, by_endpoint,
+                          threshold_ms=settings.threshold_ms) for rec in result.tasks),
     )
-    return report, result.notes

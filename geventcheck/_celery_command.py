@@ -9,6 +9,11 @@ from __future__ import annotations
 import click
 
 from ._cli import main
+from .patches._bootstrap import install_env_hook
+
+# The celery command loads this plugin before it loads the app: GEVENTCHECK_BOOTSTRAP=1
+# bootstraps the app's shims from here (geventcheck.patches.bootstrap).
+install_env_hook()
 
 
 @click.command(

@@ -100,7 +100,7 @@ def make_audit_plan(  # noqa: PLR0917 - the audit's options, one by one
     workdir: str | None, globs: tuple[str, ...], concurrency: int, warn_ms: float,
     threshold_ms: float, task_timeout: float, runs: int, explore: int, explore_seed: int,
     shims: tuple[str, ...], shuffle: int | None = None, sandbox: bool = False,
-    allow_publish: bool = False,
+    allow_publish: bool = False, with_shims: str | None = None,
 ) -> AuditPlan:
     """The audit the options ask for, the scenario merged in; UsageError when incomplete."""
     scenario = load_scenario(scenario_path) if scenario_path else None
@@ -113,13 +113,14 @@ def make_audit_plan(  # noqa: PLR0917 - the audit's options, one by one
     if warn_ms > threshold_ms:
         raise click.UsageError(f"--warn-ms ({warn_ms:g}) must not exceed --threshold-ms "
                                f"({threshold_ms:g})")
+    shim_plan = _with_shims(with_shims)
     settings = Settings(threshold_ms=threshold_ms, warn_ms=warn_ms, concurrency=concurrency,
                         task_timeout_s=task_timeout, runs=runs, mode="inprocess",
                         shims=tuple(shims), explore=explore if _has_hypothesis() else 0,
                         explore_seed=explore_seed, shuffle=shuffle, sandbox=sandbox,
                         allow_publish=allow_publish or bool(scenario and scenario.allow_publish))
     return AuditPlan(app, settings, django_settings=django_settings, workdir=workdir,
-                     globs=globs, scenario=scenario)
+                     globs=globs, scenario=scenario, with_shims=shim_plan)
 
 
 def run_with_progress(plan: AuditPlan) -> tuple[Report, list[str]]:
@@ -155,19 +156,23 @@ def run_with_progress(plan: AuditPlan) -> tuple[Report, list[str]]:
               help="Write the JSON report here (atomically).")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, writable=True),
               help="Write the migration plan for operations here, as Markdown.")
+@click.option("--with-shims", "with_shims", metavar="auto|NAME[,NAME...]",
+              help="Prove the fixes: apply the shims the drivers need (auto) or the ones named, "
+                   "audit again the tasks that were no-go because of them, and report "
+                   "before -> after.")
 def audit(  # noqa: PLR0917 - click passes every option as an argument
     app: str | None, scenario_path: str | None, django_settings: str | None,
     workdir: str | None, globs: tuple[str, ...],
     concurrency: int, warn_ms: float, threshold_ms: float, task_timeout: float, runs: int,
     explore: int, explore_seed: int, shuffle: int | None, sandbox: bool,
     shims: tuple[str, ...], allow_publish: bool, json_path: str | None,
-    markdown_path: str | None, verbose: bool,
+    markdown_path: str | None, with_shims: str | None, verbose: bool,
 ) -> None:
     """Run every task of a Celery app under a monkey-patched gevent worker and judge it."""
     plan = make_audit_plan(app, scenario_path, django_settings, workdir, globs, concurrency,
                            warn_ms, threshold_ms, task_timeout, runs, explore, explore_seed,
                            shims, shuffle=shuffle, sandbox=sandbox,
-                           allow_publish=allow_publish)
+                           allow_publish=allow_publish, with_shims=with_shims)
     for flag, path in (("--json", json_path), ("--markdown", markdown_path)):
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise click.UsageError(f"{flag}: folder {os.path.dirname(path)!r} does not exist")
@@ -238,6 +243,17 @@ def doctor(app: str, json_path: str | None, live: bool, live_timeout: float,
         write_atomic(os.path.abspath(json_path), json.dumps(diagnosis.to_dict(), indent=2) + "\n")
     Console(width=None if sys.stdout.isatty() else 160).print(render_diagnosis(diagnosis))
     sys.exit(diagnosis.exit_code)
+
+
+def _with_shims(value: str | None) -> tuple[str, ...]:
+    from ._shimaudit import parse
+
+    if value is None:
+        return ()
+    try:
+        return parse(value)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 def _has_hypothesis() -> bool:

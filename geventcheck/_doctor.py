@@ -206,7 +206,39 @@ def _findings(app: Any, worker_args: list[str], pool: str, *, patched: bool,
             fix="start it with -P gevent (or --pool=gevent) on the command line"))
     if pool == "gevent":
         out += _gevent_traps(app, worker_args, concurrency, signals)
+    if (said := _bootstrap(app, pool, patched, concurrency)) is not None:
+        out.append(said)
     return out
+
+
+def _bootstrap(app: Any, pool: str, patched: bool, concurrency: int) -> Finding | None:
+    """``geventcheck.patches.bootstrap(app)`` ran when the app loaded: what it will do here."""
+    from .patches._bootstrap import ENV, BootstrapState, env_enabled, needed
+
+    state = getattr(app, "_geventcheck_bootstrap", None)
+    if not isinstance(state, BootstrapState):
+        if not env_enabled():
+            return None
+        # the celery command bootstraps the app when it loads it (no line in celery.py)
+        state = BootstrapState(None, via_env=True)
+    via = (f"{ENV}=1 is set: the celery command runs geventcheck.patches.bootstrap(app)"
+           if state.via_env else "geventcheck.patches.bootstrap(app) is in place")
+    names = list(state.shims) if state.shims is not None else needed(concurrency or None)
+    shims = ", ".join(f"geventcheck.patches.{n}" for n in names) or "no shim (none needed)"
+    file = relative(state.file) if state.file else None
+    if pool != "gevent":
+        return Finding("bootstrap", "info",
+                       f"{via}: on the {pool} pool it does nothing", file=file, line=state.line)
+    if patched:
+        return Finding("bootstrap", "info",
+                       f"{via}: this gevent worker is patched, so it applies {shims} as the "
+                       "app loads, before the tasks import their drivers",
+                       file=file, line=state.line)
+    return Finding("bootstrap", "warning",
+                   f"{via}, but this worker runs the gevent pool unpatched: it will say so "
+                   "loudly at start and apply no shim",
+                   fix="start the worker with -P gevent on the command line",
+                   file=file, line=state.line)
 
 
 def _gevent_traps(app: Any, worker_args: list[str], concurrency: int,

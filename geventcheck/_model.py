@@ -160,6 +160,32 @@ class Settings:
 
 
 @dataclasses.dataclass(frozen=True)
+class ShimOutcome:
+    """One task audited without and then with the shims its drivers need."""
+
+    task: str
+    shims: tuple[str, ...]
+    before: Verdict
+    before_reason: str
+    after: Verdict
+    after_reason: str | None = None
+
+    @property
+    def fixed(self) -> bool:
+        return self.before == "no-go" and self.after == "go"
+
+
+@dataclasses.dataclass(frozen=True)
+class ShimSection:
+    """What ``--with-shims`` asked for, what it applied, and each re-audited task."""
+
+    requested: tuple[str, ...]
+    applied: tuple[str, ...]
+    outcomes: tuple[ShimOutcome, ...] = ()
+    note: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Report:
     tool_version: str
     created: str
@@ -167,6 +193,7 @@ class Report:
     settings: Settings
     environment: Environment
     tasks: tuple[TaskReport, ...]
+    shims: ShimSection | None = None
 
     def summary(self) -> dict[str, int]:
         """Counts per verdict, and how many tasks were not run or not certified."""
@@ -253,4 +280,21 @@ def report_to_dict(report: Report) -> dict[str, Any]:
             for t in report.tasks
         ],
         "summary": report.summary(),
+        # extra to the schema: --with-shims, each task's verdict before and after its shims
+        **({"shims": shims_to_dict(report.shims)} if report.shims is not None else {}),
+    }
+
+
+def shims_to_dict(section: ShimSection) -> dict[str, Any]:
+    return {
+        "requested": list(section.requested),
+        "applied": list(section.applied),
+        **({"note": section.note} if section.note else {}),
+        "tasks": [
+            {"name": o.task, "shims": list(o.shims),
+             "modules": [f"geventcheck.patches.{s}" for s in o.shims],
+             "before": {"verdict": o.before, "reason": o.before_reason},
+             "after": {"verdict": o.after, "reason": o.after_reason}, "fixed": o.fixed}
+            for o in section.outcomes
+        ],
     }

@@ -166,4 +166,28 @@ def render_markdown(report: Report, plan: Plan) -> str:
             where = f" at {top.where}" if top and top.where else ""
             detail = f": {top.kind}{where}. {top.fix or ''}" if top else ""
             lines.append(f"- `{t.name}`{detail}".rstrip())
+    lines += _shim_lines(report)
     return "\n".join(lines) + "\n"
+
+
+def _shim_lines(report: Report) -> list[str]:
+    """``--with-shims``: what was applied, each task before → after, and the line to add."""
+    from .patches import BOOTSTRAP_LINE
+
+    section = report.shims
+    if section is None:
+        return []
+    modules = ", ".join(f"`geventcheck.patches.{s}`" for s in section.applied) or "none"
+    lines = ["", "## Shims", "", f"Applied ({', '.join(section.requested)}): {modules}."]
+    if section.note:
+        lines += ["", section.note + "."]
+    if section.outcomes:
+        lines += ["", "| task | without shims | with shims |", "|---|---|---|"]
+        lines += [f"| `{o.task}` | {o.before_reason} | {o.after_reason or o.after} |"
+                  for o in section.outcomes]
+    if any(o.fixed for o in section.outcomes):
+        lines += ["", "To get the same on the workers, add one line to the app's `celery.py`, "
+                  "right after the app is created; it applies these shims on gevent workers "
+                  "only and does nothing on prefork:", "", "```python",
+                  "import geventcheck.patches", BOOTSTRAP_LINE, "```"]
+    return lines

@@ -14,24 +14,28 @@ from importlib import metadata
 from typing import Any
 
 from .._model import Driver, DriverStatus
+from ..patches import fix_for
 
-# Libraries that block the hub in C, with the remedy. Keys are import names.
+# Libraries that block the hub in C, with the remedy. Keys are import names. Where a shim
+# exists the fix names it and the exact line to add (geventcheck.patches.fix_for).
+_OFFLOAD = ("wrap the blocking call with geventcheck.patches.run_blocking(fn, *args) (or the "
+            "@geventcheck.patches.offload decorator): it runs in gevent's hub threadpool and "
+            "the task waits cooperatively")
 BLOCKING_FIXES = {
-    "psycopg2": "apply the psycogreen shim: psycogreen.gevent.patch_psycopg() right after "
-    "patching (geventcheck --shim psycopg2), or move to psycopg 3 imported after patching",
-    "MySQLdb": "use PyMySQL instead of mysqlclient: pymysql.install_as_MySQLdb() before "
-    "Django or the app imports MySQLdb (geventcheck --shim mysqldb)",
-    "grpc": "call grpc.experimental.gevent.init_gevent() after patching, before any grpc "
-    "object is created (geventcheck --shim grpc)",
-    "pylibmc": "use pymemcache (pure Python), or run the call in gevent.get_hub().threadpool",
-    "confluent_kafka": "run produce/poll/flush in gevent.get_hub().threadpool, or route the "
-    "task to a prefork queue",
-    "pycurl": "use requests, urllib3 or httpx (cooperative once patched)",
+    "psycopg2": fix_for("psycopg2") + "; or move to psycopg 3 imported after patching",
+    "MySQLdb": fix_for("mysqldb") + "; it must run before Django or the app imports MySQLdb",
+    "grpc": fix_for("grpc") + "; it must run before any grpc channel or server is created",
+    "pylibmc": f"use pymemcache (pure Python), or {_OFFLOAD}",
+    "confluent_kafka": f"{_OFFLOAD} (produce/poll/flush), or route the task to a prefork queue",
+    "pycurl": f"use requests, urllib3 or httpx (cooperative once patched), or {_OFFLOAD}",
     "oracledb": "use python-oracledb in thin mode (the default); thick mode blocks in C",
-    "pyodbc": "run the call in gevent.get_hub().threadpool, or route the task to a prefork queue",
+    "pyodbc": f"{_OFFLOAD}, or route the task to a prefork queue",
     "cassandra": "patch before importing cassandra so it picks its gevent reactor",
-    "psycopg": "import psycopg only after gevent.monkey.patch_all(), and do not set "
-    "PSYCOPG_WAIT_FUNC=wait_c, so it picks a cooperative wait function (wait_poll)",
+    "psycopg": "no shim can fix it, the fix is the import order: psycopg picks its wait "
+    "function once, when psycopg.waiting is first imported, so import psycopg only after "
+    "gevent.monkey.patch_all() (celery -A app worker -P gevent patches before loading the "
+    "app; a custom entry point or a sitecustomize must not import psycopg or Django first), "
+    "and do not set PSYCOPG_WAIT_FUNC=wait_c, so it picks a cooperative wait function",
 }
 
 _PIP_NAMES = {
@@ -130,19 +134,29 @@ def _oracledb(mod: Any, concurrency: int) -> Driver:
 def _redis(mod: Any, concurrency: int) -> Driver:
     import gc
 
-    small = sorted({
-        pool.max_connections
-        for pool in gc.get_objects()
-        if type(pool).__name__ == "ConnectionPool"
-        and type(pool).__module__.startswith("redis")
-        and isinstance(getattr(pool, "max_connections", None), int)
-        and pool.max_connections < concurrency
-    })
+    # The audit freezes what start-up left (gc.freeze, between runs), and get_objects() does
+    # not list frozen objects: look at them too, then freeze them again.
+    frozen = gc.get_freeze_count()
+    if frozen:
+        gc.unfreeze()
+    try:
+        small = sorted({
+            pool.max_connections
+            for pool in gc.get_objects()
+            if type(pool).__name__ == "ConnectionPool"
+            and type(pool).__module__.startswith("redis")
+            and isinstance(getattr(pool, "max_connections", None), int)
+            and pool.max_connections < concurrency
+        })
+    finally:
+        if frozen:
+            gc.freeze()
     if small:
         return Driver("redis", "cooperative", _version("redis"),
                       f"a ConnectionPool allows {small[0]} connections, fewer than the "
                       f"concurrency {concurrency}: extra greenlets raise 'Too many connections'",
-                      "use redis.BlockingConnectionPool or raise max_connections")
+                      fix_for("redis") + "; or use redis.BlockingConnectionPool or raise "
+                      "max_connections")
     return Driver("redis", "cooperative", _version("redis"), "pure-Python sockets, patched")
 
 

@@ -46,13 +46,15 @@ FIXES = {
            "prefork queue, or use a library that releases the GIL",
     "system": "use subprocess.run (cooperative once patched) instead of os.system / os.wait",
     "ctypes": "run the native call in the hub's threadpool: "
-              "gevent.get_hub().threadpool.apply({name}, args)",
+              "geventcheck.patches.run_blocking({name}, *args) (bounded; or "
+              "gevent.get_hub().threadpool.apply({name}, args))",
     "futex": "use gevent.lock / gevent.queue instead of native (threading before patching, "
              "multiprocessing) locks and queues, or route this task to a prefork queue",
     "flock": "take the file lock in gevent.get_hub().threadpool, or use a gevent.lock",
     "socket": "use the socket module after patching, not _socket or sockets created before it",
-    "other": "run the blocking call in gevent.get_hub().threadpool.apply(...), "
-             "or route this task to a prefork queue",
+    "other": "run the blocking call in the hub's threadpool with "
+             "geventcheck.patches.run_blocking(fn, *args) (or "
+             "gevent.get_hub().threadpool.apply(...)), or route this task to a prefork queue",
 }
 
 

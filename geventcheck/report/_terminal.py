@@ -70,6 +70,23 @@ def _process(process: Process) -> str:
     return f"{process.how} {times}: {process.command} ({'; '.join(parts)}){where}"
 
 
+def _shims(report: Report) -> list[RenderableType]:
+    """``--with-shims``: each re-audited task, before → after."""
+    from .._shimaudit import rows
+
+    section = report.shims
+    if section is None:
+        return []
+    applied = ", ".join(f"geventcheck.patches.{s}" for s in section.applied) or "none"
+    out: list[RenderableType] = [Text(f"\nshims applied ({', '.join(section.requested)}): "
+                                      f"{applied}", style="bold")]
+    if section.note:
+        out.append(Text(f"  {section.note}", style="dim"))
+    for outcome, row in zip(section.outcomes, rows(section), strict=True):
+        out.append(Text(f"  {row}", style=_VERDICT_STYLE[outcome.after]))
+    return out
+
+
 def render_table(report: Report, *, verbose: bool = False) -> RenderableType:
     table = Table(title="geventcheck: is each task safe on a gevent worker?", title_justify="left")
     table.add_column("task", overflow="fold")
@@ -115,8 +132,17 @@ def render_table(report: Report, *, verbose: bool = False) -> RenderableType:
                 f"{report.settings.concurrency}, threshold {report.settings.threshold_ms:g} ms)",
                 style="dim")
     parts.append(line)
+    parts += _shims(report)
     drivers = [d for d in env.drivers if d.status in ("blocking", "unknown")]
+    from ..patches import DRIVER_SHIMS
+
+    applied = set(report.shims.applied) if report.shims else set()
     for d in drivers:
+        shim = DRIVER_SHIMS.get(d.name)
+        if shim in applied:  # the before state: its fix was just proven above
+            parts.append(Text(f"driver {d.name} {d.version or ''}: {d.status} without shims; "
+                              f"geventcheck.patches.{shim} fixes it (see above)", style="dim"))
+            continue
         parts.append(Text(f"driver {d.name} {d.version or ''}: {d.status} ({d.detail})"
                           + (f"; fix: {d.fix}" if d.fix else ""), style="yellow"))
     return Group(*parts)

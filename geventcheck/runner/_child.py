@@ -353,11 +353,10 @@ def _install_exit_reporter(chan: ChildChannel) -> None:
     os._exit = reporting_exit  # type: ignore[assignment]
 
 
-def _apply_shims(names: list[str]) -> None:
+def _apply_shims(names: list[str], concurrency: int) -> None:
     from .. import patches
 
-    for name in names:
-        patches.apply(name)
+    patches.apply_all(names, concurrency=concurrency)
 
 
 def main(before_patch: frozenset[str]) -> None:
@@ -370,7 +369,7 @@ def main(before_patch: frozenset[str]) -> None:
     guard = _egress_guard(cfg)  # on before the app is imported: imports may connect too
     sys.path[:0] = [p for p in cfg.get("paths", []) if p not in sys.path]
     try:
-        _apply_shims(cfg["shims"])
+        _apply_shims(cfg["shims"], cfg["concurrency"])
         app = _appload.load_app(cfg["app"], cfg.get("django_settings"))
         _appload.override_django_settings(cfg.get("settings") or {})
     except (_appload.AppLoadError, ImportError) as exc:
