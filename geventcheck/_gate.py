@@ -128,16 +128,20 @@ def _task_from_dict(data: dict[str, Any]) -> TaskReport:
     )
 
 
-def read_report(path: str) -> Report:
-    """A report written by ``geventcheck audit --json``, checked enough to gate on."""
+def _read_json(path: str, unreadable: str, not_json: str) -> Any:
+    """A JSON file, or a GateError worded by the two MESSAGES keys given."""
     try:
         with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
+            return json.load(fh)
     except OSError as exc:
-        raise GateError(MESSAGES["report_unreadable"].format(path=path,
-                                                             error=exc.strerror)) from None
+        raise GateError(MESSAGES[unreadable].format(path=path, error=exc.strerror)) from None
     except ValueError as exc:
-        raise GateError(MESSAGES["report_not_json"].format(path=path, error=exc)) from None
+        raise GateError(MESSAGES[not_json].format(path=path, error=exc)) from None
+
+
+def read_report(path: str) -> Report:
+    """A report written by ``geventcheck audit --json``, checked enough to gate on."""
+    data = _read_json(path, "report_unreadable", "report_not_json")
     schema = data.get("schema") if isinstance(data, dict) else None
     if schema != REPORT_SCHEMA or not isinstance(data.get("tasks"), list):
         raise GateError(MESSAGES["report_schema"].format(path=path, schema=schema,
@@ -256,14 +260,7 @@ def read_baseline(path: str) -> set[str]:
     """The fingerprints a baseline file accepts; a missing file accepts nothing."""
     if not os.path.exists(path):
         return set()
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except OSError as exc:
-        raise GateError(MESSAGES["baseline_unreadable"].format(path=path,
-                                                               error=exc.strerror)) from None
-    except ValueError as exc:
-        raise GateError(MESSAGES["baseline_bad"].format(path=path, error=exc)) from None
+    data = _read_json(path, "baseline_unreadable", "baseline_bad")
     if not isinstance(data, dict) or data.get("schema") != BASELINE_SCHEMA or not isinstance(
             data.get("findings"), list):
         raise GateError(MESSAGES["baseline_bad"].format(path=path,
