@@ -7,9 +7,9 @@ clock and the run-queue wait at every look, which brackets a run's CPU time
 even when the watcher could not look during it (native code that keeps the
 GIL). While a run is under way it looks at the stalled thread: its syscall,
 the socket peer, the native libraries on its stack and, through faulthandler,
-its Python stack. A faulthandler watchdog (a C thread) writes the stack of a
-thread that keeps the GIL. The watcher never holds a frame object of the
-audited thread and never runs the app's code; an exception inside it is
+its Python stack; after a stretch in which it could not get the GIL, it reads
+the stack the moment it gets it back. The watcher never holds a frame object of
+the audited thread and never runs the app's code; an exception inside it is
 reported once and the watch goes on.
 """
 
