@@ -231,9 +231,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", HELP_UNSAFE)
     settings = resolve_settings(config)
     check_all = bool(config.getoption("gevent_check")) and not _is_controller(config)
+    state = config.stash[_STATE_KEY] = _State(settings, check_all)
     if check_all:
         _patch("pytest_configure")  # a plugin registered late (pytester in-process, -p)
-    config.stash[_STATE_KEY] = _State(settings, check_all)
+        # started here, once: its calibration is no test's time
+        state.monitor = _new_monitor(min(settings["warn_ms"], settings["threshold_ms"]) / 1000)
     if config.getoption("gevent_record"):
         from ._recorder import Recorder
 
@@ -279,10 +281,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def _new_monitor(warn_s: float) -> HubMonitor:
+    import greenlet
+
     from .detectors._hub import HubMonitor
 
     monitor = HubMonitor(warn_s)
     monitor.start()
+    monitor.ignore(greenlet.getcurrent())  # pytest's own work between tests
     return monitor
 
 
@@ -300,14 +305,9 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     import greenlet
 
     warn_s = min(state.settings["warn_ms"], threshold or state.settings["threshold_ms"]) / 1000
-    own = state.monitor is None or not state.check_all
-    if own:
-        monitor = _new_monitor(warn_s)
-        if state.check_all:
-            state.monitor = monitor
-    else:
-        assert state.monitor is not None
-        monitor = state.monitor
+    # without --gevent-check, a marked test gets a monitor of its own
+    own = state.monitor is None
+    monitor = _new_monitor(warn_s) if state.monitor is None else state.monitor
     main = greenlet.getcurrent()
     gevent.sleep(0)  # ends pytest's own stretch: what follows is the test's
     monitor.take_stalls()
@@ -321,7 +321,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
         stalls = monitor.take_stalls()
         monitor.ignore(main)
         monitor.phase = "idle"
-        if own and not state.check_all:
+        if own:
             monitor.stop()
         failing = _judge(item, stalls, threshold_ms / 1000, warn_s, allow)
         if failing and sys.exc_info()[0] is not None:

@@ -165,6 +165,16 @@ def test_a_library_imported_before_patching_is_named(app: pytest.Pytester) -> No
     assert "pytest -p geventcheck.pytest_plugin --gevent-check" in out
 
 
+def test_the_flag_in_addopts_patches_before_the_conftest_files(
+        app: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTEST_ADDOPTS", "--gevent-check")
+    result = app.runpytest_subprocess("-k", "cooperative or native_sleep and not tolerated")
+    result.assert_outcomes(passed=1, failed=1, deselected=8)
+    out = result.stdout.str()
+    assert "gevent patched the process in pytest_load_initial_conftests" in out
+    assert "pluginapp conftest: socket patched at import: True" in out
+
+
 def test_pytest_timeout_still_ends_a_test_that_blocks_the_hub_for_good(
         app: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GEVENT_HANG", "1")
