@@ -202,7 +202,9 @@ def test_recorded_calls_let_the_audit_run_every_task_the_suite_called(
     args = ["--gevent-record", str(scenario), "-k", "not hangs"]
     app.runpytest_subprocess(*args).assert_outcomes(passed=8, xfailed=1, deselected=1,
                                                     skipped=0 if _postgres() else 1)
-    app.runpytest_subprocess(*args)  # a second run merges: nothing twice
+    # a second run, in two pytest-xdist workers writing the same file, merges: nothing twice
+    app.runpytest_subprocess(*args, "-n", "2").assert_outcomes(
+        passed=8, xfailed=1, skipped=0 if _postgres() else 1)
     text = scenario.read_text()
     data = tomllib.loads(text)
     calls = {name.rsplit(".", 1)[1]: table["calls"] for name, table in data["tasks"].items()}
