@@ -134,7 +134,7 @@ def test_a_bad_marker_argument_is_a_usage_error(pytester: pytest.Pytester, marke
     assert "test_bad.py::test_it" in result.stderr.str()
 
 
-def test_settings_resolve_cli_then_env_then_pyproject(
+def test_settings_resolve_cli_then_env_then_pyproject_then_ini(
         pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     pytester.makepyfile(test_sleep="""
         import ctypes
@@ -142,8 +142,12 @@ def test_settings_resolve_cli_then_env_then_pyproject(
         def test_native():
             ctypes.CDLL(None).usleep(200_000)
     """)
+    pytester.makeini("[pytest]\ngevent_threshold_ms = 2000\n")
+    assert pytester.runpytest_subprocess("--gevent-check").ret == 0  # the ini: 2000
+    pytester.makepyprojecttoml("[tool.geventcheck]\nthreshold_ms = 50\n")
+    assert pytester.runpytest_subprocess("--gevent-check").ret == 1  # pyproject wins over it
     pytester.makepyprojecttoml("[tool.geventcheck]\nthreshold_ms = 2000\n")
-    assert pytester.runpytest_subprocess("--gevent-check").ret == 0  # pyproject: 2000
+    assert pytester.runpytest_subprocess("--gevent-check").ret == 0
     monkeypatch.setenv("GEVENTCHECK_THRESHOLD_MS", "50")
     assert pytester.runpytest_subprocess("--gevent-check").ret == 1  # env wins over it
     result = pytester.runpytest_subprocess("--gevent-check", "--gevent-threshold-ms", "2000")
