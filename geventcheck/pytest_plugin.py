@@ -412,6 +412,11 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
                      f"{', '.join(_PATCHED.stdlib)}")
     if _PATCHED.before:
         lines.append(f"geventcheck: WARNING {_early_advice(_PATCHED.before)}")
+    if config.getoption("timeout_method", None) == "thread" and \
+            not os.environ.get("PYTEST_XDIST_WORKER"):
+        lines.append("geventcheck: WARNING pytest-timeout's thread method runs its timer in a "
+                     "greenlet once threading is patched: a test that blocks the hub will not "
+                     "time out; use --timeout-method=signal")
     return lines
 
 

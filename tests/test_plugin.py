@@ -191,6 +191,14 @@ def test_pytest_timeout_still_ends_a_test_that_blocks_the_hub_for_good(
     assert "blocking-call: blocked the hub" in out
 
 
+def test_pytest_timeouts_thread_method_is_named_as_unable_to_end_a_blocked_hub(
+        app: pytest.Pytester) -> None:
+    result = app.runpytest_subprocess("--gevent-check", "--timeout-method", "thread",
+                                      "-k", "cooperative")
+    result.assert_outcomes(passed=1, deselected=9)
+    assert "use --timeout-method=signal" in result.stdout.str()
+
+
 def test_pytest_xdist_workers_check_and_the_controller_sums_up(app: pytest.Pytester) -> None:
     result = app.runpytest_subprocess("--gevent-check", "-n", "2", "-k",
                                       "not psycopg2 and not hangs")
