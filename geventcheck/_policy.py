@@ -114,6 +114,8 @@ KEYS: dict[str, str] = {
     "explore_seed": "integer",
     "shims": "string_list",
     "baseline": "path",
+    # the pytest plugin's own (threshold_ms and warn_ms above are shared with it)
+    "record_calls": "positive_int",
 }
 _TABLE_KEYS = {*KEYS, "waivers"}
 _WAIVER_KEYS = {"task", "kind", "reason", "expires"}

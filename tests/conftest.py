@@ -16,6 +16,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
 SCHEMA = ROOT / "geventcheck" / "schemas" / "report.schema.json"
+# The sample apps' own suites (tests/apps/pluginapp/tests) run only inside the plugin's tests,
+# in a pytest subprocess of their own.
+collect_ignore = ["apps"]
 
 # How to start each service on this kind of machine, for the skip message.
 SERVICES = {

@@ -1,0 +1,1 @@
+"""A small Celery app with its own test suite, for geventcheck's pytest plugin."""
