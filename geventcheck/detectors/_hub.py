@@ -54,6 +54,8 @@ _KEEP_MARKS = 8192
 # A look this much later than planned means the watcher could not get the GIL meanwhile.
 _BLIND_S = 0.005
 _KEEP_RESUMES = 1024
+# Waits whose native callers are read even without a stack sample, per run.
+_NATIVE_LOOKS = 3
 
 
 Marks = tuple[tuple[float, float, float], ...]
@@ -127,7 +129,8 @@ class Evidence:
         names = [s.activity for s in group if s.syscall.name != "unknown"]
         fds = [s.syscall.fd for s in group if not s.gil_wait]
         probes = [s.gil_free for s in self.samples if s.gil_free is not None]
-        libraries = _mode([s.libraries for s in group if s.libraries]) or ()
+        libraries = (_mode([s.libraries for s in group if s.libraries])
+                     or _mode([s.libraries for s in self.samples if s.libraries]) or ())
         return Focus(
             group[0].stack, _mode(names),
             _mode([self.peers.get(fd) for fd in fds if fd is not None]),
@@ -175,6 +178,7 @@ class _Look:
     last_cpu: float
     evidence: Evidence = field(default_factory=Evidence)
     maps_read: bool = False
+    native_looks: int = 0
 
     def cpu_share(self) -> float | None:
         window = self.last_t - self.first_t
@@ -353,11 +357,15 @@ class HubMonitor:
         if len(evidence.samples) % _STACK_EVERY == 0:
             # faulthandler reads the frames in C while this thread holds the GIL
             stack = self._stacks.read()
-            if syscall.name not in ("running", "unknown") and not gil_wait:
-                if not look.maps_read:
-                    self._callers.refresh()
-                    look.maps_read = True
-                libraries = self._callers.libraries(syscall.sp)
+        waiting = syscall.name not in ("running", "unknown") and not gil_wait
+        if waiting and (stack or look.native_looks < _NATIVE_LOOKS):
+            # the native callers of a wait: on stack samples, and on the first few waits
+            # whatever their turn, so a short stall still names its library
+            if not look.maps_read:
+                self._callers.refresh()
+                look.maps_read = True
+            libraries = self._callers.libraries(syscall.sp)
+            look.native_looks += 1
         if self._state[0] != count:
             return  # the run ended while this thread looked: the look is of the next one
         evidence.samples.append(Sample(syscall, stack, gil_free, libraries, gil_wait))
