@@ -165,13 +165,21 @@ def run_with_progress(plan: AuditPlan) -> tuple[Report, list[str]]:
 @click.option("--shard", "shard", metavar="I/N",
               help="Audit only shard I of N (by a hash of each task's name), for a CI matrix; "
                    "join the reports with `geventcheck report --merge`.")
+@click.option("--mode", type=click.Choice(["inprocess", "worker"]), default="inprocess",
+              show_default=True,
+              help="worker: send the tasks as messages to a real `celery worker -P gevent` "
+                   "started through Celery's own entry point.")
+@click.option("--broker", "broker_url", metavar="URL",
+              help="--mode worker: the broker to use (default: an embedded one in a temporary "
+                   "folder, no server needed).")
 def audit(  # noqa: PLR0917 - click passes every option as an argument
     app: str | None, scenario_path: str | None, django_settings: str | None,
     workdir: str | None, globs: tuple[str, ...],
     concurrency: int, warn_ms: float, threshold_ms: float, task_timeout: float, runs: int,
     explore: int, explore_seed: int, shuffle: int | None, sandbox: bool,
     shims: tuple[str, ...], allow_publish: bool, json_path: str | None,
-    markdown_path: str | None, with_shims: str | None, shard: str | None, verbose: bool,
+    markdown_path: str | None, with_shims: str | None, shard: str | None, mode: str,
+    broker_url: str | None, verbose: bool,
 ) -> None:
     """Run every task of a Celery app under a monkey-patched gevent worker and judge it."""
     plan = make_audit_plan(app, scenario_path, django_settings, workdir, globs, concurrency,
@@ -185,7 +193,17 @@ def audit(  # noqa: PLR0917 - click passes every option as an argument
     err = Console(stderr=True)
     json_path = os.path.abspath(json_path) if json_path else None
     markdown_path = os.path.abspath(markdown_path) if markdown_path else None
-    report, notes = run_with_progress(plan)
+    if mode == "worker":
+        from ._workermode import check_plan, run_worker_audit
+
+        plan = check_plan(plan)
+        report, notes = run_worker_audit(plan, broker_url)
+        if not report.tasks:
+            raise click.UsageError(f"no tasks to audit in {plan.app!r}")
+    elif broker_url:
+        raise click.UsageError("--broker needs --mode worker")
+    else:
+        report, notes = run_with_progress(plan)
     if json_path:
         write_atomic(json_path, render_json(report))
     if markdown_path:
