@@ -37,9 +37,9 @@ _KILL_WAIT_S = 5.0
 class _WorkerGone(Exception):
     """The worker died or stopped answering; the message says how."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, crashed: bool, message: str) -> None:
         super().__init__(message)
-        self.kind = kind
+        self.crashed = crashed
 
 
 @dataclass
@@ -102,9 +102,9 @@ class _Worker:
             code = self.proc.poll()
             if code is not None:
                 how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
-                raise _WorkerGone("crash", f"the worker {how} {what}")
+                raise _WorkerGone(True, f"the worker {how} {what}")
             if time.monotonic() > deadline:
-                raise _WorkerGone("timeout", f"the worker stopped answering {what} (nothing "
+                raise _WorkerGone(False, f"the worker stopped answering {what} (nothing "
                                              f"within {timeout:g} s)")
             time.sleep(0.05)
 
@@ -322,10 +322,14 @@ def run_worker_audit(plan: AuditPlan, broker_url: str | None) -> tuple[Report, l
                     _audit_task(session, rec, calls.get(rec.name) or [{}])
                 except _WorkerGone as exc:
                     log = session.worker.log_tail() if session.worker else []
-                    rec.findings.append(Finding(
-                        exc.kind, "error", f"{exc}: a real gevent worker would stop serving "
-                        "every task with it", stack=tuple(log),
-                        fix="see the stack; a blocking or crashing call takes the worker down"))
+                    message = f"{exc}: a real gevent worker would stop serving every task " \
+                              "with it"
+                    fix = "see the worker's log lines; a blocking or crashing call takes the " \
+                          "worker down"
+                    rec.findings.append(
+                        Finding("crash", "error", message, stack=tuple(log), fix=fix)
+                        if exc.crashed else
+                        Finding("timeout", "error", message, stack=tuple(log), fix=fix))
                     rec.finished = True
                     session.stop_worker()
                     notes.append(f"the worker was restarted after {rec.name}")
