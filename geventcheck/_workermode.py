@@ -196,6 +196,10 @@ class _Session:
             self.worker.kill()
             self.worker = None
 
+    def discard_queued(self) -> None:
+        """Drop the runs a dead worker never took: they are not the next task's to meet."""
+        self.queue(self.connection.default_channel).purge()
+
     def _send(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> str:
         task_id = str(uuid.uuid4())
         self.sender.send_task(name, args=args, kwargs=kwargs, task_id=task_id,
@@ -332,6 +336,7 @@ def run_worker_audit(plan: AuditPlan, broker_url: str | None) -> tuple[Report, l
                         Finding("timeout", "error", message, stack=tuple(log), fix=fix))
                     rec.finished = True
                     session.stop_worker()
+                    session.discard_queued()
                     notes.append(f"the worker was restarted after {rec.name}")
         finally:
             notes += session.close()
