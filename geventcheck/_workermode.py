@@ -197,8 +197,11 @@ class _Session:
             self.worker = None
 
     def discard_queued(self) -> None:
-        """Drop the runs a dead worker never took: they are not the next task's to meet."""
-        self.queue(self.connection.default_channel).purge()
+        """Drop the runs a dead worker never took: they are not the next task's to meet.
+        Declared first: RabbitMQ deletes the auto-delete queue with its last consumer."""
+        bound = self.queue(self.connection.default_channel)
+        bound.declare()
+        bound.purge()
 
     def _send(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> str:
         task_id = str(uuid.uuid4())

@@ -18,6 +18,7 @@ from .conftest import APPS, SCHEMA, AuditResult, require_service, run_audit
 
 FAST = ("-A", "workerapp", "--runs", "2", "-c", "2", "--task-timeout", "5", "--explore", "0")
 REDIS_URL = "redis://127.0.0.1:6379/7"
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
 QUEUE_PREFIX = "geventcheck.audit."
 
 
@@ -54,10 +55,14 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> AuditResult:
     return run_audit(*FAST, "--mode", "worker", tmp_path=tmp_path_factory.mktemp("embedded"))
 
 
-def _redis_keys(pattern: str) -> list[str]:
-    done = subprocess.run(["redis-cli", "-u", REDIS_URL, "--scan", "--pattern", pattern],
-                          capture_output=True, text=True, timeout=30, check=True)
-    return done.stdout.split()
+def _left_in(service: str) -> list[str]:
+    """The audit's queues (and their Redis keys) still on the broker."""
+    if service == "redis":
+        cmd = ["redis-cli", "-u", REDIS_URL, "--scan", "--pattern", f"*{QUEUE_PREFIX}*"]
+    else:
+        cmd = ["rabbitmqctl", "-q", "list_queues", "name"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True)
+    return [line for line in done.stdout.split() if QUEUE_PREFIX in line]
 
 
 def test_the_embedded_worker_judges_as_the_in_process_audit(inprocess: AuditResult,
@@ -85,11 +90,15 @@ def test_a_worker_that_dies_or_hangs_is_a_finding_and_the_audit_goes_on(
     assert not our_workers()
 
 
-@pytest.mark.service("redis")
-def test_a_worker_on_redis_judges_the_same_and_leaves_nothing_queued(
-        inprocess: AuditResult, tmp_path: Path) -> None:
-    require_service("redis")
-    result = run_audit(*FAST, "--mode", "worker", "--broker", REDIS_URL, tmp_path=tmp_path)
+@pytest.mark.parametrize("service", [
+    pytest.param("redis", marks=pytest.mark.service("redis")),
+    pytest.param("rabbitmq", marks=pytest.mark.service("rabbitmq")),
+])
+def test_a_worker_on_a_real_broker_judges_the_same_and_leaves_nothing_queued(
+        inprocess: AuditResult, tmp_path: Path, service: str) -> None:
+    require_service(service)
+    url = REDIS_URL if service == "redis" else RABBITMQ_URL
+    result = run_audit(*FAST, "--mode", "worker", "--broker", url, tmp_path=tmp_path)
     assert result.returncode == 1, result.stderr
     assert judged(result.report) == {
         name: verdict for name, verdict in judged(inprocess.report).items()
@@ -97,7 +106,7 @@ def test_a_worker_on_redis_judges_the_same_and_leaves_nothing_queued(
         "exits_worker": ("no-go", "prefork", ["crash"]),
         "waits_forever": ("no-go", "prefork", ["timeout"])}
     assert not our_workers()
-    assert not _redis_keys(f"*{QUEUE_PREFIX}*")
+    assert not _left_in(service)
 
 
 @pytest.mark.parametrize(("args", "message"), [
