@@ -145,10 +145,9 @@ def _sender(broker: _Broker) -> Any:
 
     sender = Celery("geventcheck-worker-mode", broker=broker.url, set_as_current=False)
     if broker.folder:
-        sender.conf.broker_transport_options = {"data_folder_in": broker.folder,
-                                                "data_folder_out": broker.folder,
-                                                "store_processed": False,
-                                                "polling_interval": 0.05}
+        from ._workerprobe import filesystem_options
+
+        sender.conf.broker_transport_options = filesystem_options(broker.folder)
     return sender
 
 

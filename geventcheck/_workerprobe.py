@@ -24,6 +24,13 @@ _CFG: dict[str, Any] = json.loads(os.environ.get(CONFIG_ENV) or "{}")
 _STATE: dict[str, Any] = {"monitor": None, "roots": (), "runs": {}}
 
 
+def filesystem_options(folder: str) -> dict[str, Any]:
+    """kombu's filesystem transport kept inside ``folder``: messages and the exchange
+    tables alike (its default control folder is relative to the working directory)."""
+    return {"data_folder_in": folder, "data_folder_out": folder, "store_processed": False,
+            "control_folder": os.path.join(folder, "control"), "polling_interval": 0.05}
+
+
 def _emit(event: str, **data: Any) -> None:
     """One JSON line, appended with one write: the parent tails the file."""
     line = json.dumps({"event": event, **data}, default=repr) + "\n"
@@ -137,10 +144,7 @@ def install() -> None:
     app.amqp.__dict__.pop("queues", None)
     folder = _CFG.get("filesystem")
     if folder:  # the embedded broker: kombu's filesystem transport in the audit's folder
-        app.conf.broker_transport_options = {"data_folder_in": folder,
-                                             "data_folder_out": folder,
-                                             "store_processed": False,
-                                             "polling_interval": 0.05}
+        app.conf.broker_transport_options = filesystem_options(folder)
     signals.task_prerun.connect(_prerun, weak=False)
     signals.task_postrun.connect(_postrun, weak=False)
 

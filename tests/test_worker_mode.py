@@ -88,6 +88,8 @@ def test_a_worker_that_dies_or_hangs_is_a_finding_and_the_audit_goes_on(
     assert local["exits_worker"][0] == local["waits_forever"][0] == "no-go"
     assert "the worker was restarted after workerapp.tasks.exits_worker" in embedded.stderr
     assert not our_workers()
+    # the embedded broker keeps everything in the audit's temporary folder
+    assert not list((APPS / "control").glob(f"{QUEUE_PREFIX}*"))
 
 
 @pytest.mark.parametrize("service", [
