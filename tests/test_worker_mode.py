@@ -133,3 +133,34 @@ def test_an_app_the_worker_cannot_load_is_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.startswith("geventcheck: error: --mode worker: the worker exited")
     assert "nosuchapp" in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_a_killed_audit_leaves_no_worker_running(tmp_path: Path) -> None:
+    """SIGKILL runs no `finally`: the worker must still go with the audit (CI timeouts)."""
+    import signal
+    import time
+
+    audit = subprocess.Popen(
+        [sys.executable, "-m", "geventcheck", "audit", "-A", "workerapp", "--mode", "worker",
+         "--task", "*waits_forever", "--task-timeout", "120"],
+        cwd=APPS, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        def started() -> bool:  # Celery's own entry point is running, not the launcher
+            return any(" -m celery " in line for line in our_workers())
+
+        while not started() and time.monotonic() < deadline and audit.poll() is None:
+            time.sleep(0.2)
+        assert started(), "the worker never started"
+        audit.send_signal(signal.SIGKILL)
+        audit.wait(30)
+        deadline = time.monotonic() + 60
+        while our_workers() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not our_workers()
+    finally:
+        if audit.poll() is None:
+            audit.kill()
+            audit.wait(30)
+        for line in our_workers():  # the test's own clean-up, should the assertion fail
+            os.kill(int(line.split(":", 1)[0]), signal.SIGKILL)
