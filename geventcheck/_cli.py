@@ -100,7 +100,7 @@ def make_audit_plan(  # noqa: PLR0917 - the audit's options, one by one
     workdir: str | None, globs: tuple[str, ...], concurrency: int, warn_ms: float,
     threshold_ms: float, task_timeout: float, runs: int, explore: int, explore_seed: int,
     shims: tuple[str, ...], shuffle: int | None = None, sandbox: bool = False,
-    allow_publish: bool = False, with_shims: str | None = None,
+    allow_publish: bool = False, with_shims: str | None = None, shard: str | None = None,
 ) -> AuditPlan:
     """The audit the options ask for, the scenario merged in; UsageError when incomplete."""
     scenario = load_scenario(scenario_path) if scenario_path else None
@@ -114,11 +114,13 @@ def make_audit_plan(  # noqa: PLR0917 - the audit's options, one by one
         raise click.UsageError(f"--warn-ms ({warn_ms:g}) must not exceed --threshold-ms "
                                f"({threshold_ms:g})")
     shim_plan = _with_shims(with_shims)
+    shard = _shard(shard)
     settings = Settings(threshold_ms=threshold_ms, warn_ms=warn_ms, concurrency=concurrency,
                         task_timeout_s=task_timeout, runs=runs, mode="inprocess",
                         shims=tuple(shims), explore=explore if _has_hypothesis() else 0,
                         explore_seed=explore_seed, shuffle=shuffle, sandbox=sandbox,
-                        allow_publish=allow_publish or bool(scenario and scenario.allow_publish))
+                        allow_publish=allow_publish or bool(scenario and scenario.allow_publish),
+                        shard=shard)
     return AuditPlan(app, settings, django_settings=django_settings, workdir=workdir,
                      globs=globs, scenario=scenario, with_shims=shim_plan)
 
@@ -143,7 +145,7 @@ def run_with_progress(plan: AuditPlan) -> tuple[Report, list[str]]:
 
     with progress:
         report, notes = run_audit(plan, Callbacks(on_tasks, on_start, on_done))
-    if not report.tasks:
+    if not report.tasks and plan.settings.shard is None:  # a shard may hold no task
         raise click.UsageError(
             f"no tasks to audit in {plan.app!r}"
             + (f" matching {', '.join(plan.globs)}" if plan.globs else ""))
@@ -160,19 +162,30 @@ def run_with_progress(plan: AuditPlan) -> tuple[Report, list[str]]:
               help="Prove the fixes: apply the shims the drivers need (auto) or the ones named, "
                    "audit again the tasks that were no-go because of them, and report "
                    "before -> after.")
+@click.option("--shard", "shard", metavar="I/N",
+              help="Audit only shard I of N (by a hash of each task's name), for a CI matrix; "
+                   "join the reports with `geventcheck report --merge`.")
+@click.option("--mode", type=click.Choice(["inprocess", "worker"]), default="inprocess",
+              show_default=True,
+              help="worker: send the tasks as messages to a real `celery worker -P gevent` "
+                   "started through Celery's own entry point.")
+@click.option("--broker", "broker_url", metavar="URL",
+              help="--mode worker: the broker to use (default: an embedded one in a temporary "
+                   "folder, no server needed).")
 def audit(  # noqa: PLR0917 - click passes every option as an argument
     app: str | None, scenario_path: str | None, django_settings: str | None,
     workdir: str | None, globs: tuple[str, ...],
     concurrency: int, warn_ms: float, threshold_ms: float, task_timeout: float, runs: int,
     explore: int, explore_seed: int, shuffle: int | None, sandbox: bool,
     shims: tuple[str, ...], allow_publish: bool, json_path: str | None,
-    markdown_path: str | None, with_shims: str | None, verbose: bool,
+    markdown_path: str | None, with_shims: str | None, shard: str | None, mode: str,
+    broker_url: str | None, verbose: bool,
 ) -> None:
     """Run every task of a Celery app under a monkey-patched gevent worker and judge it."""
     plan = make_audit_plan(app, scenario_path, django_settings, workdir, globs, concurrency,
                            warn_ms, threshold_ms, task_timeout, runs, explore, explore_seed,
                            shims, shuffle=shuffle, sandbox=sandbox,
-                           allow_publish=allow_publish, with_shims=with_shims)
+                           allow_publish=allow_publish, with_shims=with_shims, shard=shard)
     for flag, path in (("--json", json_path), ("--markdown", markdown_path)):
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise click.UsageError(f"{flag}: folder {os.path.dirname(path)!r} does not exist")
@@ -180,7 +193,17 @@ def audit(  # noqa: PLR0917 - click passes every option as an argument
     err = Console(stderr=True)
     json_path = os.path.abspath(json_path) if json_path else None
     markdown_path = os.path.abspath(markdown_path) if markdown_path else None
-    report, notes = run_with_progress(plan)
+    if mode == "worker":
+        from ._workermode import check_plan, run_worker_audit
+
+        plan = check_plan(plan)
+        report, notes = run_worker_audit(plan, broker_url)
+        if not report.tasks:
+            raise click.UsageError(f"no tasks to audit in {plan.app!r}")
+    elif broker_url:
+        raise click.UsageError("--broker needs --mode worker")
+    else:
+        report, notes = run_with_progress(plan)
     if json_path:
         write_atomic(json_path, render_json(report))
     if markdown_path:
@@ -190,6 +213,10 @@ def audit(  # noqa: PLR0917 - click passes every option as an argument
     out.print(render_table(report, verbose=verbose))
     for note in notes:
         err.print(f"note: {note}", style="dim")
+    if not report.tasks:  # --shard: this machine's share is empty, the report says so
+        click.echo(f"geventcheck: shard {plan.settings.shard} holds none of the app's tasks",
+                   err=True)
+        sys.exit(0)
     if report.certified_nothing:
         click.echo(f"geventcheck: nothing was certified: none of the {len(report.tasks)} tasks "
                    "ran; give the tasks that need arguments their inputs in a scenario file "
@@ -256,10 +283,31 @@ def _with_shims(value: str | None) -> tuple[str, ...]:
         raise click.UsageError(str(exc)) from None
 
 
+def _shard(value: str | None) -> str | None:
+    """--shard I/N, normalised ("2/3"); UsageError when malformed or out of range."""
+    from ._shard import parse
+
+    if value is None:
+        return None
+    try:
+        return str(parse(value))
+    except ValueError as exc:
+        raise click.UsageError(f"--shard: {exc}") from None
+
+
 def _has_hypothesis() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("hypothesis") is not None
+
+
+def _register() -> None:
+    from ._reportcmd import report
+
+    cli.add_command(report)
+
+
+_register()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,6 +23,7 @@ from ._model import (
     Driver,
     Environment,
     Finding,
+    Process,
     Report,
     Settings,
     Stats,
@@ -125,6 +126,8 @@ def _task_from_dict(data: dict[str, Any]) -> TaskReport:
         stats=Stats(**{k: v for k, v in stats.items() if k in fields}),
         findings=tuple(Finding.from_dict(f) for f in data.get("findings") or ()),
         services=dict(data.get("services") or {}), reason=data.get("reason"),
+        published=dict(data.get("published") or {}), retried=int(data.get("retried") or 0),
+        processes=tuple(Process.from_dict(p) for p in data.get("processes") or ()),
     )
 
 

@@ -157,6 +157,7 @@ class Settings:
     allow_publish: bool = False
     shuffle: int | None = None  # seed of the task order; None: name order
     sandbox: bool = False  # the audited process tree in a network namespace of its own
+    shard: str | None = None  # "I/N" of `audit --shard`; None: every task (or merged shards)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,6 +249,7 @@ def report_to_dict(report: Report) -> dict[str, Any]:
             "allow_publish": settings.allow_publish,
             "shuffle": settings.shuffle,
             "sandbox": settings.sandbox,
+            **({"shard": settings.shard} if settings.shard else {}),
         },
         "environment": {
             "python": env.python,

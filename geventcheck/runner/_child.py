@@ -390,6 +390,11 @@ def main(before_patch: frozenset[str]) -> None:
     if backend_note := per_greenlet_backend(app):
         chan.send("note", message=backend_note)
     tasks = _isolation.ordered(_appload.list_tasks(app, tuple(cfg["globs"])), cfg.get("shuffle"))
+    if cfg.get("shard"):  # audit --shard I/N: the other machines audit the rest
+        from .._shard import parse as parse_shard
+
+        shard = parse_shard(cfg["shard"])
+        tasks = [t for t in tasks if shard.owns(t.name)]
     imported_before = sorted(m for m in MATTERS_BEFORE_PATCH if m in before_patch)
     chan.send(
         "environment", **_versions(), patched=bool(is_module_patched("socket")),

@@ -263,7 +263,7 @@ class Auditor:
             "task_timeout": settings.task_timeout_s, "shims": list(settings.shims), "skip": [],
             "calls": scenario.calls_as_json() if scenario else {},
             "explore": settings.explore, "explore_seed": settings.explore_seed,
-            "shuffle": settings.shuffle, "sandbox": None,
+            "shuffle": settings.shuffle, "sandbox": None, "shard": settings.shard,
             "paths": list(scenario.paths) if scenario else [],
             "settings": django_overrides or {},
             "host_map": {host: list(target) for host, target in (host_map or {}).items()},

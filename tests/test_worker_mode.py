@@ -1,0 +1,166 @@
+"""``audit --mode worker``: the tasks sent as messages to a real ``celery worker -P gevent``
+judge as the in-process audit judges them, with the embedded broker and with Redis; a
+worker that dies or hangs is a finding, and nothing is left running or queued."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from .conftest import APPS, SCHEMA, AuditResult, require_service, run_audit
+
+FAST = ("-A", "workerapp", "--runs", "2", "-c", "2", "--task-timeout", "5", "--explore", "0")
+REDIS_URL = "redis://127.0.0.1:6379/7"
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
+QUEUE_PREFIX = "geventcheck.audit."
+
+
+def judged(report: dict[str, Any] | None) -> dict[str, tuple[Any, ...]]:
+    assert report is not None
+    return {t["name"].rsplit(".", 1)[1]: (
+        t["verdict"], t["recommended_pool"],
+        sorted({f["kind"] for f in t["findings"] if f["severity"] == "error"}))
+        for t in report["tasks"]}
+
+
+def our_workers() -> list[str]:
+    """Worker processes of this test app still running, by their command line."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "geventcheck._workerprobe" in cmdline and "workerapp" in cmdline:
+            found.append(f"{pid}: {cmdline}")
+    return found
+
+
+@pytest.fixture(scope="module")
+def inprocess(tmp_path_factory: pytest.TempPathFactory) -> AuditResult:
+    return run_audit(*FAST, tmp_path=tmp_path_factory.mktemp("inprocess"))
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> AuditResult:
+    return run_audit(*FAST, "--mode", "worker", tmp_path=tmp_path_factory.mktemp("embedded"))
+
+
+def _left_in(service: str) -> list[str]:
+    """The audit's queues (and their Redis keys) still on the broker."""
+    if service == "redis":
+        cmd = ["redis-cli", "-u", REDIS_URL, "--scan", "--pattern", f"*{QUEUE_PREFIX}*"]
+    else:
+        cmd = ["rabbitmqctl", "-q", "list_queues", "name"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True)
+    return [line for line in done.stdout.split() if QUEUE_PREFIX in line]
+
+
+def test_the_embedded_worker_judges_as_the_in_process_audit(inprocess: AuditResult,
+                                                            embedded: AuditResult) -> None:
+    assert embedded.returncode == inprocess.returncode == 1, embedded.stderr
+    worker, local = judged(embedded.report), judged(inprocess.report)
+    for name in ("native_block", "cpu_burn", "cooperative"):
+        assert worker[name] == local[name], (name, worker[name], local[name])
+    assert worker["native_block"] == ("no-go", "prefork", ["blocking-call"])
+    assert worker["cpu_burn"] == ("no-go", "prefork", ["cpu-bound"])
+    assert worker["cooperative"] == ("go", "gevent", [])
+    assert embedded.report is not None
+    assert embedded.report["settings"]["mode"] == "worker"
+    assert embedded.report["environment"]["patched"] is True
+    jsonschema.validate(embedded.report, json.loads(SCHEMA.read_text()))
+
+
+def test_a_worker_that_dies_or_hangs_is_a_finding_and_the_audit_goes_on(
+        inprocess: AuditResult, embedded: AuditResult) -> None:
+    worker, local = judged(embedded.report), judged(inprocess.report)
+    assert worker["exits_worker"] == ("no-go", "prefork", ["crash"])
+    assert worker["waits_forever"] == ("no-go", "prefork", ["timeout"])
+    assert local["exits_worker"][0] == local["waits_forever"][0] == "no-go"
+    assert "the worker was restarted after workerapp.tasks.exits_worker" in embedded.stderr
+    assert not our_workers()
+    # the embedded broker keeps everything in the audit's temporary folder
+    assert not list((APPS / "control").glob(f"{QUEUE_PREFIX}*"))
+
+
+@pytest.mark.parametrize("service", [
+    pytest.param("redis", marks=pytest.mark.service("redis")),
+    pytest.param("rabbitmq", marks=pytest.mark.service("rabbitmq")),
+])
+def test_a_worker_on_a_real_broker_judges_the_same_and_leaves_nothing_queued(
+        inprocess: AuditResult, tmp_path: Path, service: str) -> None:
+    require_service(service)
+    url = REDIS_URL if service == "redis" else RABBITMQ_URL
+    result = run_audit(*FAST, "--mode", "worker", "--broker", url, tmp_path=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert judged(result.report) == {
+        name: verdict for name, verdict in judged(inprocess.report).items()
+        if name not in ("exits_worker", "waits_forever")} | {
+        "exits_worker": ("no-go", "prefork", ["crash"]),
+        "waits_forever": ("no-go", "prefork", ["timeout"])}
+    assert not our_workers()
+    assert not _left_in(service)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--broker", REDIS_URL), "--broker needs --mode worker"),
+    (("--mode", "worker", "--shard", "1/2"), "--mode worker does not support --shard yet"),
+    (("--mode", "worker", "--broker", "redis://127.0.0.1:1/0"),
+     "--broker: cannot reach redis://127.0.0.1:1/0: Error 111 connecting to 127.0.0.1:1. "
+     "Connection refused."),
+])
+def test_worker_mode_usage_errors_are_one_line(args: tuple[str, ...], message: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "geventcheck", "audit", *FAST, *args],
+                          cwd=APPS, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr == f"geventcheck: error: {message}\n"
+    assert not our_workers()
+
+
+def test_an_app_the_worker_cannot_load_is_one_line(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "geventcheck", "audit", "-A", "nosuchapp",
+                           "--mode", "worker"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.startswith("geventcheck: error: --mode worker: the worker exited")
+    assert "nosuchapp" in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_a_killed_audit_leaves_no_worker_running(tmp_path: Path) -> None:
+    """SIGKILL runs no `finally`: the worker must still go with the audit (CI timeouts)."""
+    import signal
+    import time
+
+    audit = subprocess.Popen(
+        [sys.executable, "-m", "geventcheck", "audit", "-A", "workerapp", "--mode", "worker",
+         "--task", "*waits_forever", "--task-timeout", "120"],
+        cwd=APPS, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        def started() -> bool:  # Celery's own entry point is running, not the launcher
+            return any(" -m celery " in line for line in our_workers())
+
+        while not started() and time.monotonic() < deadline and audit.poll() is None:
+            time.sleep(0.2)
+        assert started(), "the worker never started"
+        audit.send_signal(signal.SIGKILL)
+        audit.wait(30)
+        deadline = time.monotonic() + 60
+        while our_workers() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not our_workers()
+    finally:
+        if audit.poll() is None:
+            audit.kill()
+            audit.wait(30)
+        for line in our_workers():  # the test's own clean-up, should the assertion fail
+            os.kill(int(line.split(":", 1)[0]), signal.SIGKILL)
