@@ -53,10 +53,9 @@ class HubProbe(bootsteps.StartStopStep):  # type: ignore[misc]
         from ._paths import is_audited_file
         from .detectors import _drivers, _hub, _stalls
         from .runner import _appload
-        from .runner._child import _queued_ms
 
         # imported here, not in a task's run: an import is a stall of geventcheck's own
-        _STATE.update(queued_ms=_queued_ms, drivers=_drivers, stalls=_stalls)
+        _STATE.update(drivers=_drivers, stalls=_stalls)
 
         app = worker.app
         roots = _appload.app_roots(app)
@@ -84,7 +83,7 @@ def _prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
     if task is not None and task.name != COLLECT_TASK:
         monitor = _STATE["monitor"]
         _STATE["runs"][task_id] = (time.perf_counter(), time.thread_time(),
-                                   _STATE["queued_ms"](),
+                                   monitor.queued_ms() if monitor is not None else 0.0,
                                    monitor.held_s if monitor is not None else 0.0)
 
 
@@ -93,7 +92,6 @@ def _postrun(task_id: str | None = None, task: Any = None, state: str | None = N
     started = _STATE["runs"].pop(task_id, None)
     if started is None:
         return
-    _queued_ms = _STATE["queued_ms"]
     wall, cpu, queued, held = started
     monitor = _STATE["monitor"]
     error = repr(retval) if state not in ("SUCCESS", None) else None
@@ -101,7 +99,8 @@ def _postrun(task_id: str | None = None, task: Any = None, state: str | None = N
     # own are left out of the task's time
     _emit("run", id=task_id, task=task.name, state=state, error=error,
           wall_ms=(time.perf_counter() - wall) * 1000,
-          cpu_ms=(time.thread_time() - cpu) * 1000, queued_ms=_queued_ms() - queued,
+          cpu_ms=(time.thread_time() - cpu) * 1000,
+          queued_ms=(monitor.queued_ms() if monitor is not None else 0.0) - queued,
           overhead_ms=((monitor.held_s if monitor is not None else 0.0) - held) * 1000)
 
 

@@ -16,7 +16,7 @@ from geventcheck.detectors import _native
 from geventcheck.detectors._callee import name_call
 from geventcheck.detectors._gcwatch import Collection
 from geventcheck.detectors._hub import Evidence, FrameInfo, Sample, Stall
-from geventcheck.detectors._stacks import parse_dump
+from geventcheck.detectors._stacks import parse_current, parse_dump
 from geventcheck.detectors._stalls import stall_findings
 
 APP_DIR = Path(__file__).parent / "apps" / "unitsrc"
@@ -125,6 +125,9 @@ def test_faulthandler_dump_is_parsed_for_the_right_thread() -> None:
     assert [(f.file, f.line, f.function) for f in frames] == [
         ("/app/tasks.py", 12, "inner"), ("/app/tasks.py", 0, "outer")]
     assert parse_dump(dump, 0x1234) == ()
+    # a fatal-signal dump: the crashing thread is the one called "Current thread"
+    assert [f.function for f in parse_current(dump)] == ["inner", "outer"]
+    assert parse_current(dump.replace("Current thread", "Thread")) == ()
 
 
 def test_calls_are_named_from_the_source_and_module_names() -> None:

@@ -453,6 +453,11 @@ class HubMonitor:
         queued = _read_queued(self._schedstat)
         self._marks.append((time.perf_counter(), time.thread_time(), queued))
 
+    def queued_ms(self) -> float:
+        """Milliseconds the watched thread has waited runnable for a CPU so far (schedstat):
+        a busy machine's share of a run, read through the monitor's own descriptor."""
+        return _read_queued(self._schedstat) * 1000
+
     @staticmethod
     def _mark_at_or_before(marks: Marks, t: float) -> tuple[float, float, float] | None:
         index = bisect.bisect_right(marks, (t, math.inf, math.inf))

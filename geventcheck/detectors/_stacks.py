@@ -58,6 +58,13 @@ def parse_dump(text: str, ident: int) -> tuple[FrameInfo, ...]:
     return tuple(frames)
 
 
+def parse_current(text: str) -> tuple[FrameInfo, ...]:
+    """The frames (innermost first) of the thread a fatal-signal dump calls "Current
+    thread": the one that crashed."""
+    head = re.search(r"^Current thread (0x[0-9a-fA-F]+)", text, flags=re.MULTILINE)
+    return parse_dump(text, int(head.group(1), 16)) if head else ()
+
+
 class _DumpFile:
     """An anonymous file faulthandler writes into and this module reads back."""
 

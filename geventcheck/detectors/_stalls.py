@@ -58,10 +58,6 @@ FIXES = {
 }
 
 
-def audited_frame(stack: tuple[FrameInfo, ...], app_roots: tuple[str, ...]) -> FrameInfo | None:
-    return app_frame(stack, app_roots)
-
-
 def _blocking_fix(syscall: str | None, callee: str | None,
                   libraries: tuple[str, ...] = ()) -> str:
     callee = callee or ""
@@ -124,13 +120,13 @@ def stall_findings(
     """
     findings: list[Finding] = []
     for stall in stalls:
-        focus = stall.evidence.focus(lambda stack: audited_frame(stack, app_roots))
+        focus = stall.evidence.focus(lambda stack: app_frame(stack, app_roots))
         stack = focus.stack
         if not stack and any(is_audited_file(f.file, app_roots) for f in stall.resumed_stack):
             # where the thread stood when the monitor got the GIL back: the task's line
             # when the thread gave the GIL up before it left the task, else no help
             stack = stall.resumed_stack
-        where = audited_frame(stack, app_roots)
+        where = app_frame(stack, app_roots)
         syscall = focus.syscall
         cpu_bound = _is_cpu_work(stall, syscall)
         gc_s = min(stall.gc_s, stall.duration_s)

@@ -26,7 +26,7 @@ from gevent.pool import Pool
 
 from .. import _version
 from .._model import Finding, finding_to_dict
-from .._paths import is_audited_file, relative
+from .._paths import app_frame, is_audited_file, relative
 from ..detectors import PROBES, ProbeRun, _children, _drivers, _egress, _hub, _stalls
 from ..detectors._divergence import first_divergence
 from . import _appload, _execute, _isolation
@@ -87,7 +87,7 @@ class TaskRunner:
     def _invoke(self, task: Any, outcome: dict[str, Any], call: dict[str, Any]) -> None:
         """One run as a gevent worker runs a message: Celery's tracer, a worker-like request."""
         outcome["call"] = call.get("index")
-        wall0, cpu0, queued0 = time.perf_counter(), time.thread_time(), _queued_ms()
+        wall0, cpu0, queued0 = time.perf_counter(), time.thread_time(), self.monitor.queued_ms()
         held0 = self.monitor.held_s
         try:
             run = self.executor.run(task, call["args"], call["kwargs"])
@@ -99,7 +99,7 @@ class TaskRunner:
         finally:
             outcome["wall_ms"] = (time.perf_counter() - wall0) * 1000
             outcome["cpu_ms"] = (time.thread_time() - cpu0) * 1000
-            outcome["queued_ms"] = _queued_ms() - queued0
+            outcome["queued_ms"] = self.monitor.queued_ms() - queued0
             outcome["overhead_ms"] = (self.monitor.held_s - held0) * 1000
         outcome["state"], outcome["published"] = run.state, run.published
         if run.retry is not None:
@@ -287,16 +287,6 @@ class TaskRunner:
         return [_explore.exploration_finding(len(calls), schedule, copy, alone, seed)]
 
 
-def _queued_ms() -> float:
-    """Time this thread spent ready to run but waiting for a CPU (/proc schedstat): a busy
-    machine's doing, not the task's waiting."""
-    try:
-        with open("/proc/thread-self/schedstat") as fh:
-            return int(fh.read().split()[1]) / 1e6
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
 def _summary(value: Any) -> Any:
     """A JSON-able stand-in for a task's return value, to compare runs with."""
     if value is None or isinstance(value, bool | int | float | str):
@@ -421,7 +411,7 @@ def main(before_patch: frozenset[str]) -> None:
 
     def on_deadlock(age: float, evidence: _hub.Evidence, spinning: bool) -> None:
         stack = evidence.stack
-        top = _stalls.audited_frame(stack, roots)
+        top = app_frame(stack, roots)
         last = evidence.samples[-1].syscall if evidence.samples else None
         callee = None
         if top is not None:

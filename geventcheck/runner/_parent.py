@@ -595,19 +595,9 @@ def _crashed_in_geventcheck(dump: list[str]) -> bool:
     """The thread that faulted (faulthandler's "Current thread") was in geventcheck's own
     code: its innermost frame outside the standard library is ours."""
     from .._paths import caller_is_own
-    from ..detectors._stacks import FrameInfo
+    from ..detectors._stacks import parse_current
 
-    frames: list[FrameInfo] = []
-    in_current = False
-    for line in dump:
-        if line.startswith(("Current thread", "Thread ")):
-            if in_current:
-                break
-            in_current = line.startswith("Current thread")
-            continue
-        match = _FAULT_FRAME.search(line)
-        if in_current and match:
-            frames.append(FrameInfo(match["file"], int(match["line"]), match["func"]))
+    frames = parse_current("\n".join(dump))
     return bool(frames) and caller_is_own(frames)
 
 
