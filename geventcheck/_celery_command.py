@@ -9,11 +9,14 @@ from __future__ import annotations
 import click
 
 from ._cli import main
+from .canary import install_env_hook as install_canary_env_hook
 from .patches._bootstrap import install_env_hook
 
 # The celery command loads this plugin before it loads the app: GEVENTCHECK_BOOTSTRAP=1
-# bootstraps the app's shims from here (geventcheck.patches.bootstrap).
+# bootstraps the app's shims from here (geventcheck.patches.bootstrap), and
+# GEVENTCHECK_CANARY=1 adds the canary to the worker (geventcheck.canary).
 install_env_hook()
+install_canary_env_hook()
 
 
 @click.command(

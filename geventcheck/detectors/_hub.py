@@ -35,7 +35,8 @@ from . import _native
 from ._gcwatch import Collection, GcWatch
 from ._stacks import FrameInfo, StackReader
 
-__all__ = ["Evidence", "FrameInfo", "HubMonitor", "Sample", "Stall", "all_stacks"]
+__all__ = ["Evidence", "FrameInfo", "HubMonitor", "Sample", "Stall", "all_stacks",
+           "gil_futex_words"]
 
 _sleep = get_original("time", "sleep")
 _start_thread = get_original("_thread", "start_new_thread")
@@ -230,7 +231,7 @@ class HubMonitor:
         self._callers = _native.NativeCallers()
         # stacks read the moment the watcher got the GIL back after a blind stretch
         self._resumed: dict[int, tuple[FrameInfo, ...]] = {}
-        self._schedstat = _open_schedstat(self._native_id)
+        self._schedstat = open_schedstat(self._native_id)
         # written by the trace function only: [switch count, time of last switch, running]
         self._state: list[Any] = [0, time.perf_counter(), None]
         # runs that lasted warn_s or more:
@@ -256,7 +257,7 @@ class HubMonitor:
             if now - state[1] >= warn:
                 # rare: read this thread's own clocks at the end of the long run
                 long_runs.append((state[0], state[1], now, args[0], cpu(),
-                                  _read_queued(schedstat), monitor.phase))
+                                  read_queued(schedstat), monitor.phase))
             state[0] += 1
             state[1] = now
             state[2] = args[1]
@@ -305,7 +306,7 @@ class HubMonitor:
             self._resumed[count] = self._stacks.read()
             if len(self._resumed) > _KEEP_RESUMES:
                 del self._resumed[next(iter(self._resumed))]
-        queued = _read_queued(self._schedstat)  # lets go of the GIL: before the rest
+        queued = read_queued(self._schedstat)  # lets go of the GIL: before the rest
         count, since, active = state
         now, cpu = time.perf_counter(), time.clock_gettime(self._cpu_clock)
         self._marks.append((now, cpu, queued))
@@ -388,40 +389,7 @@ class HubMonitor:
 
     # -- telling a wait for the GIL from a wait for the app's lock ---------------
     def _calibrate(self) -> None:
-        """Learn the futex words of the GIL: where a thread that wants to run Python waits.
-
-        This thread keeps a Python loop going while a helper holds the GIL a little
-        longer than a hand-over takes, then reads where this thread waits.
-        """
-        words: list[int] = []
-        done: list[bool] = []
-        reader = _native.SyscallReader(self._native_id)
-
-        def helper() -> None:
-            try:
-                # until a few words are seen: on a busy machine one round may see none
-                deadline = time.perf_counter() + 0.5
-                attempts = 0
-                while (len(words) < 4 or attempts < 16) and time.perf_counter() < deadline:
-                    attempts += 1
-                    _sleep(0.0005)
-                    spin_until = time.perf_counter() + 0.0003
-                    while time.perf_counter() < spin_until:
-                        pass
-                    sample = reader.read()
-                    if sample.name == "futex" and sample.uaddr is not None:
-                        words.append(sample.uaddr)
-            finally:
-                done.append(True)
-
-        _start_thread(helper, ())
-        deadline = time.perf_counter() + 2.0
-        while not done and time.perf_counter() < deadline:
-            pass
-        reader.close()
-        if words:
-            # the GIL's mutex and condition variables sit together in one small struct
-            self._gil_words = (min(words) - 256, max(words) + 256)
+        self._gil_words = gil_futex_words(self._native_id)
 
     # -- control ---------------------------------------------------------------
     def ignore(self, glet: Any) -> None:
@@ -450,13 +418,13 @@ class HubMonitor:
         read the clocks, so the next run's CPU time is bracketed from its very start."""
         self.gc.settle()
         self.take_stalls()
-        queued = _read_queued(self._schedstat)
+        queued = read_queued(self._schedstat)
         self._marks.append((time.perf_counter(), time.thread_time(), queued))
 
     def queued_ms(self) -> float:
         """Milliseconds the watched thread has waited runnable for a CPU so far (schedstat):
         a busy machine's share of a run, read through the monitor's own descriptor."""
-        return _read_queued(self._schedstat) * 1000
+        return read_queued(self._schedstat) * 1000
 
     @staticmethod
     def _mark_at_or_before(marks: Marks, t: float) -> tuple[float, float, float] | None:
@@ -516,14 +484,14 @@ class HubMonitor:
         return stalls
 
 
-def _open_schedstat(native_id: int) -> int | None:
+def open_schedstat(native_id: int) -> int | None:
     try:
         return os.open(f"/proc/self/task/{native_id}/schedstat", os.O_RDONLY)
     except OSError:
         return None
 
 
-def _read_queued(fd: int | None) -> float:
+def read_queued(fd: int | None) -> float:
     """Seconds the thread has waited runnable for a CPU (field 2 of schedstat)."""
     if fd is None:
         return 0.0
@@ -554,3 +522,40 @@ def all_stacks() -> list[str]:
             lines.append(f"greenlet {type(obj).__name__} at {id(obj):#x}:")
             lines.extend("  " + line.rstrip() for line in traceback.format_stack(obj.gr_frame))
     return lines
+
+
+def gil_futex_words(native_id: int) -> tuple[int, int] | None:
+    """Learn the futex words of the GIL: where a thread that wants to run Python waits.
+
+    Call it from the thread ``native_id`` names: it keeps a Python loop going while a
+    helper holds the GIL a little longer than a hand-over takes and reads where the loop
+    waits. None when no wait was seen (a busy machine, for up to 0.5 s).
+    """
+    words: list[int] = []
+    done: list[bool] = []
+    reader = _native.SyscallReader(native_id)
+
+    def helper() -> None:
+        try:
+            # until a few words are seen: on a busy machine one round may see none
+            deadline = time.perf_counter() + 0.5
+            attempts = 0
+            while (len(words) < 4 or attempts < 16) and time.perf_counter() < deadline:
+                attempts += 1
+                _sleep(0.0005)
+                spin_until = time.perf_counter() + 0.0003
+                while time.perf_counter() < spin_until:
+                    pass
+                sample = reader.read()
+                if sample.name == "futex" and sample.uaddr is not None:
+                    words.append(sample.uaddr)
+        finally:
+            done.append(True)
+
+    _start_thread(helper, ())
+    deadline = time.perf_counter() + 2.0
+    while not done and time.perf_counter() < deadline:
+        pass
+    reader.close()
+    # the GIL's mutex and condition variables sit together in one small struct
+    return (min(words) - 256, max(words) + 256) if words else None
