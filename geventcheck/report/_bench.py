@@ -1,0 +1,132 @@
+"""``geventcheck bench`` output: the terminal table, the JSON document and the PNG chart."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from .. import _version
+from .._bench import BenchResult
+from .._benchtargets import ratios, targets
+
+LATENCY_MEASURE = ("send (bench clock) -> task_postrun (worker clock, same machine); "
+                   "service time: task_prerun -> task_postrun of each task run alone")
+CPU_MEASURE = "utime+stime of the worker's processes (and reaped children) during the batch"
+
+
+def memory_measure(result: BenchResult) -> str:
+    kinds = {r.memory_measure for r in result.runs}
+    kind = "PSS" if kinds == {"PSS"} else "RSS"
+    return (f"peak {kind} summed over the worker's processes (main + pool children), sampled "
+            "every 100 ms from /proc while the batch ran")
+
+
+def to_dict(result: BenchResult) -> dict[str, Any]:
+    first = result.runs[0] if result.runs else None
+    return {
+        "tool_version": _version.__version__,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "app": result.app, "scenario": result.scenario, "broker": result.broker,
+        "latency_ms": result.latency_ms, "count": result.count, "tasks": result.tasks,
+        "cpu_task": result.cpu_task, "cpus": result.cpus,
+        "measures": {"latency": LATENCY_MEASURE, "memory": memory_measure(result),
+                     "cpu": CPU_MEASURE,
+                     "bound": "the lower of concurrency / service time (Little's law) and "
+                              "usable cores / CPU seconds per task (one core for a gevent "
+                              "worker)"},
+        "runs": [{**r.to_dict(), **(ratios(r, first) if first else {})} for r in result.runs],
+        "mixed": result.mixed.to_dict() if result.mixed else None,
+        "targets": [t.__dict__ for t in targets(result)],
+        "notes": result.notes,
+    }
+
+
+def render_json(result: BenchResult) -> str:
+    return json.dumps(to_dict(result), indent=2) + "\n"
+
+
+def render_table(result: BenchResult) -> Group:
+    first = result.runs[0]
+    kind = "PSS" if all(r.memory_measure == "PSS" for r in result.runs) else "RSS"
+    latency = f"{result.latency_ms:g} ms" if result.latency_ms is not None else "the scenario's"
+    table = Table(title=f"geventcheck bench: {result.app}, {result.count} tasks, HTTP latency "
+                        f"{latency}, {result.cpus} CPUs")
+    for name in ("pool", "tasks/s", "x", "p50 ms", "p95 ms", f"{kind} MB", "x mem",
+                 "CPU s", "CPU ms/task", "bound (lower one holds)", "of bound"):
+        table.add_column(name, justify="left" if name.startswith(("pool", "bound")) else "right")
+    for run in result.runs:
+        r = ratios(run, first)
+        table.add_row(
+            run.label, f"{run.throughput:.1f}", f"{r['throughput_x']:.1f}x",
+            f"{run.latency_p50_ms:.0f}", f"{run.latency_p95_ms:.0f}", f"{run.memory_mb:.0f}",
+            f"{r['memory_x']:.2f}x", f"{run.cpu_s:.2f}", f"{run.cpu_ms_per_task:.1f}",
+            f"{run.bound:.0f}/s {run.bound_name} (Little {run.little_bound:.0f}/s, CPU "
+            f"{run.cpu_bound:.0f}/s)", f"{run.of_bound:.0%}")
+    parts: list[Any] = [table]
+    for run in result.runs:
+        if run.failed:
+            parts.append(Text(f"{run.label}: {run.failed} of {run.sent} tasks failed: "
+                              f"{'; '.join(run.errors)}", style="yellow"))
+        if run.pool == "gevent" and not run.patched:
+            parts.append(Text(f"{run.label}: the worker was not monkey-patched", style="red"))
+    if (mixed := result.mixed) is not None:
+        without, with_ = mixed.without, mixed.with_cpu
+        parts.append(Text(
+            f"mixed on {mixed.label}: waves of {mixed.wave} I/O tasks, {mixed.rounds} without "
+            f"and {mixed.rounds} with one {mixed.cpu_task} ({mixed.cpu_task_run_ms:.0f} ms in "
+            f"the worker): I/O p95 {without['p95_ms']:.0f} -> {with_['p95_ms']:.0f} ms, max "
+            f"{without['max_ms']:.0f} -> {with_['max_ms']:.0f} ms"))
+    busy = [f"{r.label} {r.machine_busy:.0%}" for r in result.runs]
+    services = [f"{r.services_cpu_ms_per_task:.1f}" for r in result.runs
+                if r.services_cpu_ms_per_task is not None]
+    parts.append(Text(f"machine CPU busy during each batch (every process: worker, mocks, "
+                      f"broker, bench, others): {', '.join(busy)}"
+                      + (f"; the mock services used {'/'.join(services)} ms CPU per task"
+                         if services else ""), style="dim"))
+    for target in targets(result):
+        verdict = "PASS" if target.passed else "FAIL"
+        parts.append(Text(f"{verdict}  {target.name}: {target.measured} (target "
+                          f"{target.wanted})", style="green" if target.passed else "red"))
+    parts.append(Text(f"latency: {LATENCY_MEASURE}; memory: {memory_measure(result)}; CPU: "
+                      f"{CPU_MEASURE}", style="dim"))
+    return Group(*parts)
+
+
+def render_plot(result: BenchResult, path: str) -> None:
+    """A PNG: throughput against its bound, memory, and p95 latency per run (matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [r.label for r in result.runs]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+    thr, mem, lat = axes
+    thr.bar(labels, [r.throughput for r in result.runs], color="tab:blue", label="measured")
+    thr.scatter(labels, [r.bound for r in result.runs], color="black", marker="_", s=600,
+                label="bound that holds", zorder=3)
+    thr.set_title("throughput (tasks/s)")
+    thr.legend(fontsize=8)
+    kind = "PSS" if all(r.memory_measure == "PSS" for r in result.runs) else "RSS"
+    mem.bar(labels, [r.memory_mb for r in result.runs], color="tab:orange")
+    mem.set_title(f"peak memory, {kind} summed (MB)")
+    lat.bar(labels, [r.latency_p95_ms for r in result.runs], color="tab:green", label="p95")
+    lat.bar(labels, [r.latency_p50_ms for r in result.runs], color="tab:olive", label="p50")
+    if (mixed := result.mixed) is not None:
+        lat.bar([f"{mixed.label} waves\nwithout CPU task"], [mixed.without["p95_ms"]],
+                color="tab:gray", label="p95, waves without a CPU task")
+        lat.bar([f"{mixed.label} waves\nwith 1 CPU task"], [mixed.with_cpu["p95_ms"]],
+                color="tab:red", label="p95, waves with one CPU task")
+    lat.set_title("task latency, send -> done (ms)")
+    lat.legend(fontsize=8)
+    for ax in axes:
+        ax.tick_params(axis="x", labelsize=8)
+    fig.suptitle(f"geventcheck bench: {result.app}, {result.count} tasks, {result.cpus} CPUs")
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)
