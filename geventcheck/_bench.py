@@ -36,6 +36,7 @@ _READY_TIMEOUT_S = 120.0
 _QUEUE_TTL_S = 3600.0
 _SOLO_ROUNDS = 2
 _MIXED_ROUNDS = 5
+_WAVE_SPREAD_S = 0.5
 _STUCK_S = 60.0
 
 
@@ -105,7 +106,7 @@ class RunFigures:
     service_ms: float  # mean task_prerun -> task_postrun of the solo runs
     memory_mb: float  # peak PSS (or RSS, see memory_measure) summed over the worker's processes
     memory_measure: str
-    rss_peak_mb: float
+    rss_peak_mb: float  # summed the same way: pages prefork children share count once each
     processes: int
     cpu_s: float
     cpu_ms_per_task: float
@@ -380,15 +381,21 @@ class _Run:
 
     def mixed(self, calls: Sequence[BatchCall], cpu_call: BatchCall, wave: int,
               rounds: int) -> MixedFigures:
-        """Rounds of two waves of ``wave`` I/O tasks, the second with ``cpu_call`` sent right
-        after its I/O tasks: what one CPU-bound task does to the tasks sharing its worker."""
+        """Rounds of two waves of ``wave`` I/O tasks sent evenly over ``_WAVE_SPREAD_S``, the
+        second with ``cpu_call`` sent halfway: what one CPU-bound task does to the tasks
+        that share its worker, some waiting on their service and some arriving meanwhile."""
         self.start(calls, [cpu_call])
         without: list[float] = []
         with_cpu: list[float] = []
         cpu_runs: list[float] = []
+        gap = _WAVE_SPREAD_S / wave
         for index in range(rounds * 2):
-            ids = [self.send(calls[(index * wave + i) % len(calls)]) for i in range(wave)]
-            cpu_id = self.send(cpu_call) if index % 2 else None
+            ids, cpu_id = [], None
+            for i in range(wave):
+                if index % 2 and i == wave // 2:
+                    cpu_id = self.send(cpu_call)
+                ids.append(self.send(calls[(index * wave + i) % len(calls)]))
+                time.sleep(gap)
             self.wait(set(ids) | ({cpu_id} if cpu_id else set()), 120.0 + wave, "mixed")
             latencies = [(self.done[i]["end"] - self.sent_at[i]) * 1000 for i in ids]
             (with_cpu if cpu_id else without).extend(latencies)
@@ -464,6 +471,14 @@ def _latency_figures(values: list[float]) -> dict[str, float]:
             "max_ms": values[-1]}
 
 
+def machine_busy(seconds: float) -> float:
+    """Share of the machine's CPU time busy over the next ``seconds`` (other processes)."""
+    busy0, total0 = machine_jiffies()
+    time.sleep(seconds)
+    busy1, total1 = machine_jiffies()
+    return (busy1 - busy0) / max(1, total1 - total0)
+
+
 def _percentile(values: list[float], pct: float) -> float:
     """Nearest-rank percentile of sorted values."""
     rank = max(1, round(pct / 100 * len(values) + 0.4999))
@@ -500,6 +515,7 @@ class BenchResult:
     runs: list[RunFigures]
     mixed: MixedFigures | None
     notes: list[str]
+    busy_before: float  # share of the machine's CPU busy in the second before the first run
     cpus: int = field(default_factory=lambda: os.cpu_count() or 1)
 
 
@@ -525,6 +541,7 @@ def run_bench(app: str, broker_url: str, pools: Sequence[PoolSpec], tasks: Seque
     cpu_call = batch_calls(scenario, [cpu_task], 1)[0] if cpu_task else None
     runs: list[RunFigures] = []
     mixed_run = None
+    busy_before = machine_busy(1.0)
     with _interrupts_cleanly(), BenchSession(
             app, broker_url, scenario=scenario, django_settings=django_settings,
             app_dir=app_dir, latency_ms=latency_ms) as session:
@@ -535,4 +552,4 @@ def run_bench(app: str, broker_url: str, pools: Sequence[PoolSpec], tasks: Seque
     return BenchResult(app=app, broker=_redacted(broker_url),
                        scenario=scenario.path if scenario else None, latency_ms=latency_ms,
                        count=count, tasks=list(tasks), cpu_task=cpu_task, runs=runs,
-                       mixed=mixed_run, notes=session.notes)
+                       mixed=mixed_run, notes=session.notes, busy_before=busy_before)

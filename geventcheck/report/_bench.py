@@ -11,11 +11,12 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import _version
-from .._bench import BenchResult
+from .._bench import BenchResult, RunFigures
 from .._benchtargets import ratios, targets
 
 LATENCY_MEASURE = ("send (bench clock) -> task_postrun (worker clock, same machine); "
                    "service time: task_prerun -> task_postrun of each task run alone")
+BUSY_WARNING = 0.25
 CPU_MEASURE = "utime+stime of the worker's processes (and reaped children) during the batch"
 
 
@@ -33,7 +34,7 @@ def to_dict(result: BenchResult) -> dict[str, Any]:
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "app": result.app, "scenario": result.scenario, "broker": result.broker,
         "latency_ms": result.latency_ms, "count": result.count, "tasks": result.tasks,
-        "cpu_task": result.cpu_task, "cpus": result.cpus,
+        "cpu_task": result.cpu_task, "cpus": result.cpus, "busy_before": result.busy_before,
         "measures": {"latency": LATENCY_MEASURE, "memory": memory_measure(result),
                      "cpu": CPU_MEASURE,
                      "bound": "the lower of concurrency / service time (Little's law) and "
@@ -56,18 +57,21 @@ def render_table(result: BenchResult) -> Group:
     latency = f"{result.latency_ms:g} ms" if result.latency_ms is not None else "the scenario's"
     table = Table(title=f"geventcheck bench: {result.app}, {result.count} tasks, HTTP latency "
                         f"{latency}, {result.cpus} CPUs")
-    for name in ("pool", "tasks/s", "x", "p50 ms", "p95 ms", f"{kind} MB", "x mem",
-                 "CPU s", "CPU ms/task", "bound (lower one holds)", "of bound"):
+    for name in ("pool", "tasks/s", "x", "p50 ms", "p95 ms", f"{kind} MB", "x mem", "RSS sum MB",
+                 "CPU s", "CPU ms/task", "bound that holds (other)", "of bound"):
         table.add_column(name, justify="left" if name.startswith(("pool", "bound")) else "right")
     for run in result.runs:
         r = ratios(run, first)
         table.add_row(
             run.label, f"{run.throughput:.1f}", f"{r['throughput_x']:.1f}x",
             f"{run.latency_p50_ms:.0f}", f"{run.latency_p95_ms:.0f}", f"{run.memory_mb:.0f}",
-            f"{r['memory_x']:.2f}x", f"{run.cpu_s:.2f}", f"{run.cpu_ms_per_task:.1f}",
-            f"{run.bound:.0f}/s {run.bound_name} (Little {run.little_bound:.0f}/s, CPU "
-            f"{run.cpu_bound:.0f}/s)", f"{run.of_bound:.0%}")
+            f"{r['memory_x']:.2f}x", f"{run.rss_peak_mb:.0f}", f"{run.cpu_s:.2f}",
+            f"{run.cpu_ms_per_task:.1f}", _bound_text(run), f"{run.of_bound:.0%}")
     parts: list[Any] = [table]
+    if result.busy_before > BUSY_WARNING:
+        parts.append(Text(f"other processes kept the CPUs {result.busy_before:.0%} busy before "
+                          "the first run: these figures are not what this machine can do",
+                          style="bold yellow"))
     for run in result.runs:
         if run.failed:
             parts.append(Text(f"{run.label}: {run.failed} of {run.sent} tasks failed: "
@@ -77,10 +81,10 @@ def render_table(result: BenchResult) -> Group:
     if (mixed := result.mixed) is not None:
         without, with_ = mixed.without, mixed.with_cpu
         parts.append(Text(
-            f"mixed on {mixed.label}: waves of {mixed.wave} I/O tasks, {mixed.rounds} without "
-            f"and {mixed.rounds} with one {mixed.cpu_task} ({mixed.cpu_task_run_ms:.0f} ms in "
-            f"the worker): I/O p95 {without['p95_ms']:.0f} -> {with_['p95_ms']:.0f} ms, max "
-            f"{without['max_ms']:.0f} -> {with_['max_ms']:.0f} ms"))
+            f"mixed on {mixed.label}: waves of {mixed.wave} I/O tasks sent over 0.5 s, "
+            f"{mixed.rounds} without and {mixed.rounds} with one {mixed.cpu_task} sent halfway "
+            f"({mixed.cpu_task_run_ms:.0f} ms in the worker): I/O p95 {without['p95_ms']:.0f} -> "
+            f"{with_['p95_ms']:.0f} ms, max {without['max_ms']:.0f} -> {with_['max_ms']:.0f} ms"))
     busy = [f"{r.label} {r.machine_busy:.0%}" for r in result.runs]
     services = [f"{r.services_cpu_ms_per_task:.1f}" for r in result.runs
                 if r.services_cpu_ms_per_task is not None]
@@ -95,6 +99,12 @@ def render_table(result: BenchResult) -> Group:
     parts.append(Text(f"latency: {LATENCY_MEASURE}; memory: {memory_measure(result)}; CPU: "
                       f"{CPU_MEASURE}", style="dim"))
     return Group(*parts)
+
+
+def _bound_text(run: RunFigures) -> str:
+    if run.bound_name == "CPU ceiling":
+        return f"{run.cpu_bound:.0f}/s CPU (concurrency {run.little_bound:.0f}/s)"
+    return f"{run.little_bound:.0f}/s concurrency (CPU {run.cpu_bound:.0f}/s)"
 
 
 def render_plot(result: BenchResult, path: str) -> None:
