@@ -269,8 +269,11 @@ class BenchSession:
             yield _Run(self, worker, queue, spec)
         finally:
             worker.kill()
-            try:
-                clean_up(self.connection, queue)
+            try:  # on a connection of its own: Ctrl-C may have cut the sender's mid-command.
+                # Declared first: kombu deletes only the bindings this connection knows.
+                with self.sender.connection_for_write() as connection:
+                    queue(connection.default_channel).declare()
+                    clean_up(connection, queue)
             except Exception as exc:
                 self.notes.append(f"the private queue {worker.queue_name} was not deleted "
                                   f"({exc}); the broker drops it after {_QUEUE_TTL_S:g} s")

@@ -54,9 +54,10 @@ def render_json(result: BenchResult) -> str:
 def render_table(result: BenchResult) -> Group:
     first = result.runs[0]
     kind = "PSS" if all(r.memory_measure == "PSS" for r in result.runs) else "RSS"
-    latency = f"{result.latency_ms:g} ms" if result.latency_ms is not None else "the scenario's"
-    table = Table(title=f"geventcheck bench: {result.app}, {result.count} tasks, HTTP latency "
-                        f"{latency}, {result.cpus} CPUs")
+    latency = (f", mocked HTTP latency {result.latency_ms:g} ms" if result.latency_ms is not None
+               else ", the scenario's latencies" if result.scenario else "")
+    table = Table(title=f"geventcheck bench: {result.app}, {result.count} tasks{latency}, "
+                        f"{result.cpus} CPUs")
     for name in ("pool", "tasks/s", "x", "p50 ms", "p95 ms", f"{kind} MB", "x mem", "RSS sum MB",
                  "CPU s", "CPU ms/task", "bound that holds (other)", "of bound"):
         table.add_column(name, justify="left" if name.startswith(("pool", "bound")) else "right")
