@@ -104,6 +104,8 @@ class RunFigures:
     latency_max_ms: float
     latency_mean_ms: float
     service_ms: float  # mean task_prerun -> task_postrun of the solo runs
+    # per task of the batch, alone: task_prerun -> task_postrun wall and thread CPU (ms)
+    solo: dict[str, dict[str, float]]
     memory_mb: float  # peak PSS (or RSS, see memory_measure) summed over the worker's processes
     memory_measure: str
     rss_peak_mb: float  # summed the same way: pages prefork children share count once each
@@ -290,10 +292,13 @@ class _Run:
         self.spec = spec
         self.done: dict[str, dict[str, Any]] = {}
         self.sent_at: dict[str, float] = {}
+        self.tasks: dict[str, str] = {}  # task id -> task name
+        self.solo: dict[str, dict[str, float]] = {}
 
     def send(self, call: BatchCall) -> str:
         task_id = str(uuid.uuid4())
         self.sent_at[task_id] = time.time()
+        self.tasks[task_id] = call.task
         self.session.sender.send_task(
             call.task, args=list(call.args), kwargs=call.kwargs, task_id=task_id,
             queue=self.queue, exchange=self.queue.exchange, routing_key=self.queue.name,
@@ -367,6 +372,8 @@ class _Run:
                 solo_ids.append(task_id)
         service_s = statistics.fmean(self.done[i]["end"] - self.done[i]["start"]
                                      for i in solo_ids)
+        self.solo = _solo_figures({i: self.done[i] for i in solo_ids},
+                                  {i: self.tasks[i] for i in solo_ids})
         pid = self.worker.proc.pid
         services = self.session.env.services_pid if self.session.env else None
         with TreeSampler(pid) as sampler:
@@ -442,7 +449,7 @@ class _Run:
             completed=len(every), failed=len(failed), wall_s=wall, throughput=throughput,
             latency_p50_ms=_percentile(latencies, 50), latency_p95_ms=_percentile(latencies, 95),
             latency_max_ms=latencies[-1], latency_mean_ms=statistics.fmean(latencies),
-            service_ms=service_s * 1000,
+            service_ms=service_s * 1000, solo=self.solo,
             memory_mb=peak.pss_mb if peak.pss_mb is not None else peak.rss_mb,
             memory_measure="PSS" if peak.pss_mb is not None else "RSS",
             rss_peak_mb=peak.rss_mb, processes=peak.processes, cpu_s=cpu_s,
@@ -467,6 +474,16 @@ class MixedFigures:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def _solo_figures(done: dict[str, dict[str, Any]],
+                  names: dict[str, str]) -> dict[str, dict[str, float]]:
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for task_id, event in done.items():
+        by_task.setdefault(names[task_id], []).append(event)
+    return {name: {"run_ms": statistics.fmean((e["end"] - e["start"]) * 1000 for e in events),
+                   "cpu_ms": statistics.fmean(e.get("cpu_ms") or 0.0 for e in events)}
+            for name, events in sorted(by_task.items())}
 
 
 def _latency_figures(values: list[float]) -> dict[str, float]:
@@ -552,7 +569,8 @@ def run_bench(app: str, broker_url: str, pools: Sequence[PoolSpec], tasks: Seque
             runs.append(session.run(spec, calls))
         if mixed is not None and cpu_call is not None:
             mixed_run = session.run_mixed(mixed, calls, cpu_call)
+    notes = list(dict.fromkeys(session.notes))  # said once, even when two runs met it
     return BenchResult(app=app, broker=_redacted(broker_url),
                        scenario=scenario.path if scenario else None, latency_ms=latency_ms,
                        count=count, tasks=list(tasks), cpu_task=cpu_task, runs=runs,
-                       mixed=mixed_run, notes=session.notes, busy_before=busy_before)
+                       mixed=mixed_run, notes=notes, busy_before=busy_before)

@@ -21,7 +21,7 @@ OUT_ENV = "GEVENTCHECK_BENCH_OUT"
 # JSON: {"name": ..., "ttl": ..., "max_connections": N or null}
 QUEUE_ENV = "GEVENTCHECK_BENCH_QUEUE"
 
-_STARTED: dict[str, float] = {}
+_STARTED: dict[str, tuple[float, float]] = {}  # task id -> (wall clock, thread CPU) at prerun
 _RAISED: list[int] = []  # the Redis pool size this module set, if it did
 
 
@@ -36,16 +36,17 @@ def _emit(event: str, **data: Any) -> None:
 
 def _prerun(task_id: str | None = None, **_: Any) -> None:
     if task_id:
-        _STARTED[task_id] = time.time()
+        _STARTED[task_id] = (time.time(), time.thread_time())
 
 
 def _postrun(task_id: str | None = None, state: str | None = None, retval: Any = None,
              **_: Any) -> None:
-    end = time.time()
-    start = _STARTED.pop(task_id or "", None)
+    end, cpu = time.time(), time.thread_time()
+    start, cpu0 = _STARTED.pop(task_id or "", (None, None))
     error = None if state in ("SUCCESS", None) else repr(retval)[:300]
+    # the thread's CPU: in a gevent worker, whatever else the hub ran meanwhile too
     _emit("done", id=task_id, start=start, end=end, state=state, error=error,
-          pid=os.getpid())
+          cpu_ms=(cpu - cpu0) * 1000 if cpu0 is not None else None, pid=os.getpid())
 
 
 def _ready(sender: Any = None, **_: Any) -> None:

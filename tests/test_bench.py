@@ -76,6 +76,8 @@ def test_the_json_follows_its_schema_and_its_figures_agree(tiny: dict[str, Any])
         assert run["bound"] == min(run["little_bound"], run["cpu_bound"])
         assert run["of_bound"] == pytest.approx(run["throughput"] / run["bound"])
         assert run["memory_measure"] == "PSS"  # this kernel has smaps_rollup
+        assert set(run["solo"]) == set(report["tasks"])
+        assert all(f["run_ms"] >= f["cpu_ms"] > 0 for f in run["solo"].values())
     prefork, gevent = report["runs"]
     assert prefork["processes"] == 3 and gevent["processes"] == 1  # main + 2 children
     assert gevent["patched"] and not prefork["patched"]

@@ -86,6 +86,17 @@ def render_table(result: BenchResult) -> Group:
             f"{mixed.rounds} without and {mixed.rounds} with one {mixed.cpu_task} sent halfway "
             f"({mixed.cpu_task_run_ms:.0f} ms in the worker): I/O p95 {without['p95_ms']:.0f} -> "
             f"{with_['p95_ms']:.0f} ms, max {without['max_ms']:.0f} -> {with_['max_ms']:.0f} ms"))
+    for run in result.runs:
+        if run.pool == "gevent" and run.solo:
+            body = sum(f["cpu_ms"] for f in run.solo.values()) / len(run.solo)
+            heaviest = max(run.solo.items(), key=lambda item: item[1]["cpu_ms"])
+            parts.append(Text(
+                f"why the CPU ceiling ({run.label}): alone, a task's own code used {body:.1f} ms "
+                f"of CPU on average (most: {heaviest[0].rsplit('.', 1)[-1]} "
+                f"{heaviest[1]['cpu_ms']:.1f} ms); in the batch the worker used "
+                f"{run.cpu_ms_per_task:.1f} ms per task (the rest: Celery, the broker, acks, "
+                f"the hub): one core runs at most {run.cpu_bound:.0f} tasks/s"))
+            break
     busy = [f"{r.label} {r.machine_busy:.0%}" for r in result.runs]
     services = [f"{r.services_cpu_ms_per_task:.1f}" for r in result.runs
                 if r.services_cpu_ms_per_task is not None]
