@@ -91,11 +91,11 @@ def render_table(result: BenchResult) -> Group:
             body = sum(f["cpu_ms"] for f in run.solo.values()) / len(run.solo)
             heaviest = max(run.solo.items(), key=lambda item: item[1]["cpu_ms"])
             parts.append(Text(
-                f"why the CPU ceiling ({run.label}): alone, a task's own code used {body:.1f} ms "
-                f"of CPU on average (most: {heaviest[0].rsplit('.', 1)[-1]} "
-                f"{heaviest[1]['cpu_ms']:.1f} ms); in the batch the worker used "
-                f"{run.cpu_ms_per_task:.1f} ms per task (the rest: Celery, the broker, acks, "
-                f"the hub): one core runs at most {run.cpu_bound:.0f} tasks/s"))
+                f"why the CPU ceiling ({run.label}): run alone, a task used {body:.1f} ms of "
+                f"CPU on average between task_prerun and task_postrun (most: "
+                f"{heaviest[0].rsplit('.', 1)[-1]} {heaviest[1]['cpu_ms']:.1f} ms); in the batch "
+                f"the worker's process used {run.cpu_ms_per_task:.1f} ms per task, all told: one "
+                f"core runs at most {run.cpu_bound:.0f} tasks/s"))
             break
     busy = [f"{r.label} {r.machine_busy:.0%}" for r in result.runs]
     services = [f"{r.services_cpu_ms_per_task:.1f}" for r in result.runs
