@@ -139,3 +139,15 @@ def test_a_scenario_without_a_bench_batch_needs_task(tmp_path: Path) -> None:
     assert done.returncode == 2
     [line] = done.stderr.strip().splitlines()
     assert f"{scenario} has no [bench] table: name the batch's tasks with --task NAME" in line
+
+
+@pytest.mark.service("redis")
+def test_an_app_the_worker_cannot_load_is_one_line(tmp_path: Path) -> None:
+    require_service("redis")
+    done = bench("-A", "nosuchapp", "--task", "t", "--pool", "gevent:2", "--mixed", "none",
+                 "--broker", REDIS_URL, cwd=tmp_path)
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert "the worker (starting) exited with code 2" in line
+    assert "The module nosuchapp was not found" in line
+    assert bench_workers() == []
