@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import sys
 import tempfile
@@ -75,8 +74,12 @@ def bench(  # noqa: PLR0917 - click passes every option as an argument
         raise click.UsageError(f"--latency: expected 0 or more, got {latency_ms:g}")
     json_path = _folder_of(json_path, "--json")
     plot_path = _folder_of(plot_path, "--plot")
-    if plot_path and importlib.util.find_spec("matplotlib") is None:
-        raise click.UsageError("--plot needs matplotlib: pip install 'geventcheck[plot]'")
+    if plot_path:
+        try:
+            import matplotlib  # noqa: F401 - checked before any worker starts
+        except ImportError:
+            raise click.UsageError("--plot needs matplotlib: pip install "
+                                   "'geventcheck[plot]'") from None
     scenario = load_scenario(scenario_path) if scenario_path else None
     app = app or (scenario.app if scenario else None)
     if not app:

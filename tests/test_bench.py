@@ -151,3 +151,27 @@ def test_an_app_the_worker_cannot_load_is_one_line(tmp_path: Path) -> None:
     assert "the worker (starting) exited with code 2" in line
     assert "The module nosuchapp was not found" in line
     assert bench_workers() == []
+
+
+def test_plot_without_matplotlib_is_one_line_before_anything_starts(tmp_path: Path) -> None:
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(textwrap.dedent("""
+        import sys
+
+        class NoMatplotlib:
+            @staticmethod
+            def find_spec(name, path=None, target=None):
+                if name.split(".")[0] == "matplotlib":
+                    raise ModuleNotFoundError(f"No module named {name!r}")
+
+        sys.meta_path.insert(0, NoMatplotlib)
+        """))
+    env = {**os.environ, "PYTHONPATH": str(hide)}
+    done = subprocess.run([sys.executable, "-m", "geventcheck", "bench", "-A", "x", "--task",
+                           "t", "--broker", "redis://127.0.0.1:1/0", "--plot",
+                           str(tmp_path / "b.png")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert "--plot needs matplotlib: pip install 'geventcheck[plot]'" in line
