@@ -120,35 +120,47 @@ def _bound_text(run: RunFigures) -> str:
 
 
 def render_plot(result: BenchResult, path: str) -> None:
-    """A PNG: throughput against its bound, memory, and p95 latency per run (matplotlib)."""
+    """A PNG: throughput against its bound, memory, batch latency, and the mixed run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     labels = [r.label for r in result.runs]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
-    thr, mem, lat = axes
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    (thr, mem), (lat, mix) = axes
     thr.bar(labels, [r.throughput for r in result.runs], color="tab:blue", label="measured")
-    thr.scatter(labels, [r.bound for r in result.runs], color="black", marker="_", s=600,
+    thr.scatter(labels, [r.bound for r in result.runs], color="black", marker="_", s=900,
                 label="bound that holds", zorder=3)
     thr.set_title("throughput (tasks/s)")
     thr.legend(fontsize=8)
     kind = "PSS" if all(r.memory_measure == "PSS" for r in result.runs) else "RSS"
     mem.bar(labels, [r.memory_mb for r in result.runs], color="tab:orange")
-    mem.set_title(f"peak memory, {kind} summed (MB)")
-    lat.bar(labels, [r.latency_p95_ms for r in result.runs], color="tab:green", label="p95")
-    lat.bar(labels, [r.latency_p50_ms for r in result.runs], color="tab:olive", label="p50")
-    if (mixed := result.mixed) is not None:
-        lat.bar([f"{mixed.label} waves\nwithout CPU task"], [mixed.without["p95_ms"]],
-                color="tab:gray", label="p95, waves without a CPU task")
-        lat.bar([f"{mixed.label} waves\nwith 1 CPU task"], [mixed.with_cpu["p95_ms"]],
-                color="tab:red", label="p95, waves with one CPU task")
-    lat.set_title("task latency, send -> done (ms)")
+    mem.set_title(f"peak memory, {kind} summed over the worker's processes (MB)")
+    lat.bar(labels, [r.latency_p95_ms / 1000 for r in result.runs], color="tab:green",
+            label="p95")
+    lat.bar(labels, [r.latency_p50_ms / 1000 for r in result.runs], color="tab:olive",
+            label="p50")
+    lat.set_title("task latency in the batch, send -> done (s)")
     lat.legend(fontsize=8)
-    for ax in axes:
+    if (mixed := result.mixed) is not None:
+        names = ["p50", "p95", "max"]
+        positions = range(len(names))
+        mix.bar([p - 0.2 for p in positions], [mixed.without[f"{n}_ms"] for n in names],
+                width=0.4, color="tab:gray", label="I/O waves alone")
+        mix.bar([p + 0.2 for p in positions], [mixed.with_cpu[f"{n}_ms"] for n in names],
+                width=0.4, color="tab:red", label="with one CPU-bound task")
+        mix.set_xticks(list(positions), names)
+        mix.set_title(f"mixed on {mixed.label}: I/O task latency (ms)")
+        mix.legend(fontsize=8)
+    else:
+        mix.set_axis_off()
+    for ax in axes.flat:
         ax.tick_params(axis="x", labelsize=8)
-    fig.suptitle(f"geventcheck bench: {result.app}, {result.count} tasks, {result.cpus} CPUs")
+    latency = f", mocked latency {result.latency_ms:g} ms" if result.latency_ms is not None \
+        else ""
+    fig.suptitle(f"geventcheck bench: {result.app}, {result.count} tasks{latency}, "
+                 f"{result.cpus} CPUs")
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=100)
     plt.close(fig)
