@@ -302,9 +302,11 @@ def _has_hypothesis() -> bool:
 
 
 def _register() -> None:
+    from ._benchcmd import bench
     from ._reportcmd import report
 
     cli.add_command(report)
+    cli.add_command(bench)
 
 
 _register()

@@ -16,8 +16,9 @@ from .services import HttpService, ProxyService, Route, Service, SmtpService, ch
 
 _TOP_KEYS = {
     "app", "django_settings", "paths", "workdir", "env", "settings", "tasks", "services", "allow",
-    "allow_publish",
+    "allow_publish", "bench",
 }
+_BENCH_KEYS = {"tasks", "cpu_task", "count"}
 _SERVICE_KEYS = {
     "http": {"name", "tls", "port", "hosts", "routes", "default"},
     "smtp": {"name", "port", "hosts", "latency_ms", "starttls"},
@@ -40,6 +41,15 @@ class Call:
 
 
 @dataclass(frozen=True)
+class BenchBatch:
+    """``[bench]``: the I/O tasks ``geventcheck bench`` sends, and the CPU task it mixes in."""
+
+    tasks: tuple[str, ...]
+    count: int = 400
+    cpu_task: str | None = None
+
+
+@dataclass(frozen=True)
 class Scenario:
     path: str
     app: str | None = None
@@ -52,6 +62,7 @@ class Scenario:
     services: tuple[Service, ...] = ()
     allow: tuple[tuple[str, int | None], ...] = ()
     allow_publish: bool = False  # send what tasks publish to the app's real broker
+    bench: BenchBatch | None = None
     # line of each task's table in the file, for errors found once the app is loaded
     task_lines: dict[str, int | None] = field(default_factory=dict)
 
@@ -102,7 +113,7 @@ class _Reader:
         for name in names:
             quoted = re.escape(name)
             key = re.compile(r'(^|[\s{,])"?' + quoted + r'"?\s*=')
-            header = re.compile(r'^\s*\[\[?[^\]]*(^|[\s.\["])"?' + quoted + r'"?\s*(\.|\])')
+            header = re.compile(r'^\s*\[\[?(?:[^\]]*[\s."])?"?' + quoted + r'"?\s*(\.|\])')
             for number in range(start, len(self.lines)):
                 line = self.lines[number]
                 if key.search(line) or header.search(line):
@@ -208,12 +219,13 @@ def load_scenario(path: str) -> Scenario:
                   _expect(reader, data.get("allow", []), list, "allow", "allow"))
     allow_publish = _expect(reader, data.get("allow_publish", False), bool, "allow_publish",
                             "allow_publish")
+    bench = _bench(reader, data["bench"]) if "bench" in data else None
     scenario = Scenario(
         path=path, app=app, django_settings=django, workdir=workdir, paths=tuple(paths),
         env=dict(env), settings=dict(settings),
         calls={name: _calls(reader, name, table) for name, table in tasks.items()},
         services=services,
-        allow=allow, allow_publish=allow_publish,
+        allow=allow, allow_publish=allow_publish, bench=bench,
         task_lines={name: reader.line_of("tasks", name) for name in tasks},
     )
     names = {service.name for service in services}
@@ -229,6 +241,25 @@ def load_scenario(path: str) -> Scenario:
                 raise reader.error(f"{table}.{key} uses {{{match[0][1:-1]}}}, but only HTTP "
                                    "services have a url (use .host and .port)", table, key)
     return scenario
+
+
+def _bench(reader: _Reader, raw: Any) -> BenchBatch:
+    table = _expect(reader, raw, dict, "[bench]", "bench")
+    _unknown(reader, table, _BENCH_KEYS, "[bench]", "bench")
+    if "tasks" not in table:
+        raise reader.error("[bench] needs tasks = [...]: the I/O tasks of the batch", "bench")
+    tasks = _expect(reader, table["tasks"], list, "bench.tasks", "bench", "tasks")
+    if not tasks:
+        raise reader.error("bench.tasks is empty: name at least one task", "bench", "tasks")
+    for name in tasks:
+        _expect(reader, name, str, "an entry of bench.tasks", "bench", "tasks")
+    count = _expect(reader, table.get("count", 400), int, "bench.count", "bench", "count")
+    if count <= 0:
+        raise reader.error(f"bench.count must be above zero, got {count}", "bench", "count")
+    cpu_task = table.get("cpu_task")
+    if cpu_task is not None:
+        _expect(reader, cpu_task, str, "bench.cpu_task", "bench", "cpu_task")
+    return BenchBatch(tuple(tasks), count, cpu_task)
 
 
 def _endpoint(reader: _Reader, text: Any, *names: str) -> tuple[str, int | None]:

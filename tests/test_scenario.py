@@ -71,6 +71,17 @@ def test_env_from_the_scenario_reaches_the_audited_process(audit, tmp_path) -> N
         ('app = "hazards"\npaths = ["no/such/dir"]\n',
          ":2: paths entry 'no/such/dir' is not a folder"),
         ('app = [\n', "not valid TOML"),
+        ('app = "hazards"\n[bench]\ntasks = []\n', ":3: bench.tasks is empty"),
+        ('app = "hazards"\n[bench]\ntasks = "a.b"\n', ":3: bench.tasks must be an array"),
+        ('app = "hazards"\n[bench]\ntasks = ["a", 2]\n',
+         ":3: an entry of bench.tasks must be a string, got int 2"),
+        ('app = "hazards"\n[bench]\ntasks = ["a"]\ncount = 0\n',
+         ":4: bench.count must be above zero"),
+        ('app = "hazards"\n[bench]\ntasks = ["a"]\ncount = "9"\n',
+         ":4: bench.count must be an integer"),
+        ('app = "hazards"\n[bench]\ntasks = ["a"]\ncpu_tsk = "b"\n',
+         ":4: unknown key 'cpu_tsk' in [bench]"),
+        ('app = "hazards"\n[bench]\ncount = 3\n', ":2: [bench] needs tasks = [...]"),
     ],
 )
 def test_scenario_mistakes_name_the_file_and_line(tmp_path, text: str, expected: str) -> None:
@@ -81,6 +92,15 @@ def test_scenario_mistakes_name_the_file_and_line(tmp_path, text: str, expected:
     assert message.startswith(str(path))
     assert expected in message
     assert "\n" not in message
+
+
+def test_the_bench_batch_is_read_with_its_defaults(tmp_path) -> None:
+    path = _write(tmp_path, 'app = "hazards"\n[bench]\ntasks = ["a.io", "b.io"]\n'
+                            'cpu_task = "c.cpu"\n')
+    bench = load_scenario(str(path)).bench
+    assert bench is not None
+    assert (bench.tasks, bench.count, bench.cpu_task) == (("a.io", "b.io"), 400, "c.cpu")
+    assert load_scenario(str(_write(tmp_path, 'app = "hazards"\n'))).bench is None
 
 
 def test_unknown_task_is_exit_2_with_the_line_and_a_suggestion(audit, tmp_path) -> None:
