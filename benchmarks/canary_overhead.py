@@ -21,6 +21,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -40,7 +41,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def one_run(url: str, redis_url: str, tasks: int, concurrency: int, canary: bool) -> tuple[float, float]:
+def one_run(url: str, redis_url: str, tasks: int, concurrency: int, canary: bool,
+            extra_env: dict[str, str] | None = None) -> tuple[float, float]:
     """(tasks per second, worker CPU ms per task) for one worker over the batch."""
     queue = f"geventcheck.bench.canary.{uuid.uuid4().hex[:8]}"
     done_key = f"{queue}.done"
@@ -51,12 +53,15 @@ def one_run(url: str, redis_url: str, tasks: int, concurrency: int, canary: bool
         env.update(GEVENTCHECK_CANARY="1", GEVENTCHECK_CANARY_PORT=str(free_port()),
                    GEVENTCHECK_CANARY_REDIS=redis_url,
                    GEVENTCHECK_CANARY_DEPLOYMENT=f"bench-{uuid.uuid4().hex[:6]}")
+        env.update(extra_env or {})
     os.environ.update({k: env[k] for k in ("CANARYLOAD_BROKER", "CANARYLOAD_QUEUE")})
+    # the worker's log goes to a file: a pipe nobody reads fills up and stops the worker
+    log = tempfile.NamedTemporaryFile(prefix="canary-overhead-", suffix=".log")  # noqa: SIM115
     worker = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "canaryload", "worker", "-P", "gevent",
          "-c", str(concurrency), "-Q", queue, "--without-heartbeat", "--without-gossip",
          "--without-mingle", "-l", "warning"],
-        cwd=HERE, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT)
     import redis
 
     client = redis.Redis.from_url(redis_url)
@@ -71,7 +76,7 @@ def one_run(url: str, redis_url: str, tasks: int, concurrency: int, canary: bool
             deadline = time.monotonic() + 600
             while int(client.get(done_key) or 0) < count:
                 if worker.poll() is not None:
-                    raise SystemExit(f"the worker died:\n{worker.stderr.read().decode()}")
+                    raise SystemExit(f"the worker died:\n{Path(log.name).read_text()[-3000:]}")
                 if time.monotonic() > deadline:
                     raise SystemExit("the batch did not finish in 10 minutes")
                 time.sleep(0.02)
@@ -96,6 +101,7 @@ def one_run(url: str, redis_url: str, tasks: int, concurrency: int, canary: bool
         except subprocess.TimeoutExpired:
             worker.kill()
             worker.wait()
+        log.close()
         client.delete(queue, done_key)
         for key in client.scan_iter(match="geventcheck:canary:bench-*"):
             client.delete(key)

@@ -165,7 +165,7 @@ def test_both_ways_of_switching_it_on_serve_metrics_from_a_real_worker(fleet: Fl
 
         for name in TASKS:
             assert value("geventcheck_tasks_total", task=f"canaryapp.tasks.{name}",
-                         state="SUCCESS") == COPIES
+                         outcome="ok") == COPIES
         assert value("geventcheck_tasks_in_flight") == 0
         stalls = {dict(labels)["task"]: v for (name, labels), v in metrics.items()
                   if name == "geventcheck_hub_stall_seconds_count"}

@@ -30,9 +30,9 @@ def digester() -> Digester:
 
 def test_two_tasks_blocking_in_one_iteration_are_two_stalls_not_one() -> None:
     d = digester()
-    d.task_edge(0.9, 0.0, "shop.charge", True)
-    d.task_edge(1.12, 0.001, "shop.charge", False)  # charge ends 120 ms into the iteration
-    d.task_edge(1.121, 0.001, "shop.mail", True)
+    d.edges.append((0.9, 0.0, "shop.charge", True))
+    d.edges.append((1.12, 0.001, "shop.charge", False))  # charge ends 120 ms into the iteration
+    d.edges.append((1.121, 0.001, "shop.mail", True))
     stall = LoopStall(1.0, 0.245, 0.002, 0.0,
                       looks=[look(1.05, 10, "charge"), look(1.2, 20, "mail")])
     found = d.digest(stall)
@@ -44,7 +44,7 @@ def test_two_tasks_blocking_in_one_iteration_are_two_stalls_not_one() -> None:
 
 def test_a_stall_no_look_saw_is_blamed_on_the_task_that_ended_in_it_or_on_none() -> None:
     d = digester()
-    d.task_edge(1.1, 0.0, "shop.mail", False)
+    d.edges.append((1.1, 0.0, "shop.mail", False))
     [piece, rest] = d.digest(LoopStall(1.0, 0.2, 0.001, 0.0))
     assert piece.task == "shop.mail"  # its end closes the piece it ran in
     assert rest.task == UNATTRIBUTED  # nothing says whose the rest was
@@ -68,7 +68,7 @@ def test_cpu_work_on_a_busy_machine_is_judged_by_its_cpu_time() -> None:
 def test_a_stall_the_sampler_was_kept_out_of_is_native_code_holding_the_gil() -> None:
     stall = LoopStall(1.0, 0.12, 0.001, 0.0, blind_spans=((1.005, 1.119),))
     d = digester()
-    d.task_edge(1.119, 0.001, "shop.charge", False)
+    d.edges.append((1.119, 0.001, "shop.charge", False))
     [piece] = d.digest(stall)  # the 1 ms after the task ended is below the warning level
     assert piece.task == "shop.charge"
     assert "kept the GIL" in piece.findings[0].message

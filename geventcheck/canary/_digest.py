@@ -90,17 +90,14 @@ class Digester:
         self.warn_s = warn_s
         self.codes = TaskCodes()
         self.gc = gc
-        self._edges: deque[Edge] = deque(maxlen=_KEEP_EDGES)
-
-    def task_edge(self, at: float, cpu: float, task: str, began: bool) -> None:
-        """A task started or ended (perf_counter, thread CPU): cheap, called per task."""
-        self._edges.append(Edge(at, cpu, task, began))
+        # (at, cpu, task, began) tuples: the per-task path builds no object of ours
+        self.edges: deque[tuple[float, float, str, bool]] = deque(maxlen=_KEEP_EDGES)
 
     def split(self, stall: LoopStall) -> list[tuple[LoopStall, str | None]]:
         """The stall cut at the task starts and ends inside it, each piece with the task
         whose end closes it or whose start opens it."""
         end = stall.start + stall.duration_s
-        cuts = [e for e in self._edges if stall.start < e.at < end]
+        cuts = [Edge(*e) for e in self.edges if stall.start < e[0] < end]
         if not cuts:
             return [(stall, None)]
         points = [(stall.start, stall.cpu_start, None),

@@ -36,6 +36,7 @@ class Canary:
         self.info: dict[str, Any] = {}
         self._runs: dict[str, float] = {}
         self._new_tasks: list[Any] = []
+        self._edges: Any = None
         self._watch: Any = None
         self._digester: Any = None
         self._metrics: Any = None
@@ -74,6 +75,7 @@ class Canary:
         gc_watch.install()
         self._digester = Digester(app_roots(self.app), threshold_s=config.threshold_ms / 1000,
                                   warn_s=config.warn_ms / 1000, gc=gc_watch)
+        self._edges = self._digester.edges
         self._start_metrics()
         if config.redis:
             from ._store import connect
@@ -101,7 +103,7 @@ class Canary:
             log.warning("geventcheck canary: prometheus_client is not installed, so no "
                         "metrics (pip install 'geventcheck[canary]')")
             return
-        self._metrics = CanaryMetrics()
+        self._metrics = CanaryMetrics(self)
         if self.config.port:
             from prometheus_client import start_http_server
 
@@ -131,30 +133,28 @@ class Canary:
     # -- per task (hot path: keep it small) ----------------------------------------------
     def _prerun(self, task_id: str | None = None, task: Any = None, **_: Any) -> None:
         now = time.perf_counter()
+        name = task.name
         self._runs[task_id or ""] = now
-        if task.name not in self._digester.codes.seen:
+        if name not in self._digester.codes.seen:
             self._digester.codes.learn(task)
             self._new_tasks.append(task)
-        self._digester.task_edge(now, time.thread_time(), task.name, True)
-        if self._metrics is not None:
-            self._metrics.in_flight.inc()
+        self._edges.append((now, time.thread_time(), name, True))
 
     def _postrun(self, task_id: str | None = None, task: Any = None,
                  state: str | None = None, **_: Any) -> None:
         now = time.perf_counter()
+        name = task.name
         began = self._runs.pop(task_id or "", None)
-        tally = self.tallies.get(task.name)
+        tally = self.tallies.get(name)
         if tally is None:
-            tally = self.tallies[task.name] = TaskTally(queue=_queue_of(task))
+            tally = self.tallies[name] = TaskTally(queue=_queue_of(task))
         tally.runs += 1
         if state not in ("SUCCESS", "RETRY", None):
             tally.failed += 1
         if began is not None:
             tally.wall_ms_total += (now - began) * 1000
-        self._digester.task_edge(now, time.thread_time(), task.name, False)
-        if self._metrics is not None:
-            self._metrics.in_flight.dec()
-            self._metrics.tasks.labels(task.name, state or "UNKNOWN").inc()
+        self._edges.append((now, time.thread_time(), name, False))
+        # metrics of runs are read from the tallies when scraped: nothing to do here
 
     # -- off the hot path ----------------------------------------------------------------
     def _flush_forever(self) -> None:
@@ -213,6 +213,12 @@ class Canary:
                  "call": finding.native, "message": finding.message, "fix": finding.fix}
         log.warning("%s", json.dumps(event, separators=(",", ":")),
                     extra={"geventcheck": event})
+
+    def in_flight(self) -> int:
+        return len(self._runs)
+
+    def iterations(self) -> int:
+        return self._watch.iterations if self._watch is not None else 0
 
     def summary(self) -> dict[str, Any]:
         config = self.config
