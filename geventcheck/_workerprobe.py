@@ -25,9 +25,11 @@ _STATE: dict[str, Any] = {"monitor": None, "roots": (), "runs": {}}
 
 
 def filesystem_options(folder: str) -> dict[str, Any]:
-    """kombu's filesystem transport kept inside ``folder``: messages and the exchange
-    tables alike (its default control folder is relative to the working directory)."""
-    return {"data_folder_in": folder, "data_folder_out": folder, "store_processed": False,
+    """kombu's filesystem transport kept inside ``folder``: messages, the exchange tables
+    and the messages taken (its default control folder is relative to the working
+    directory, and without ``store_processed`` a taken message passes through /tmp)."""
+    return {"data_folder_in": folder, "data_folder_out": folder, "store_processed": True,
+            "processed_folder": os.path.join(folder, "processed"),
             "control_folder": os.path.join(folder, "control"), "polling_interval": 0.05}
 
 
