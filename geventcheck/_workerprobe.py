@@ -43,6 +43,16 @@ def _emit(event: str, **data: Any) -> None:
         os.close(fd)
 
 
+def app_roots(app: Any) -> tuple[str, ...]:
+    """The folders of the app's own code. The collect task is geventcheck's, so its
+    package is none of them: else a stall that ends in the probe's own code (a GIL-holding
+    call read the moment it gave the GIL back) is blamed on geventcheck's lines."""
+    from .runner import _appload
+
+    own = os.path.dirname(os.path.realpath(__file__)) + os.sep
+    return tuple(root for root in _appload.app_roots(app) if root != own)
+
+
 class HubProbe(bootsteps.StartStopStep):  # type: ignore[misc]
     """Starts geventcheck's hub monitor with the worker's pool, stops it with the worker."""
 
@@ -60,7 +70,7 @@ class HubProbe(bootsteps.StartStopStep):  # type: ignore[misc]
         _STATE.update(drivers=_drivers, stalls=_stalls)
 
         app = worker.app
-        roots = _appload.app_roots(app)
+        roots = app_roots(app)
         monitor = _hub.HubMonitor(_CFG.get("warn_ms", 10.0) / 1000,
                                   is_app_file=lambda path: is_audited_file(path, roots))
         monitor.start()
