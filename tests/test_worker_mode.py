@@ -1,6 +1,7 @@
 """``audit --mode worker``: the tasks sent as messages to a real ``celery worker -P gevent``
-judge as the in-process audit judges them, with the embedded broker and with Redis; a
-worker that dies or hangs is a finding, and nothing is left running or queued."""
+judge as the in-process audit judges them (native code that keeps the GIL included), with
+the embedded broker, Redis and RabbitMQ; a worker that dies or hangs is a finding, and
+nothing is left running or queued."""
 
 from __future__ import annotations
 
@@ -14,12 +15,17 @@ from typing import Any
 import jsonschema
 import pytest
 
+import geventcheck
+
 from .conftest import APPS, SCHEMA, AuditResult, require_service, run_audit
 
 FAST = ("-A", "workerapp", "--runs", "2", "-c", "2", "--task-timeout", "5", "--explore", "0")
 REDIS_URL = "redis://127.0.0.1:6379/7"
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
 QUEUE_PREFIX = "geventcheck.audit."
+JUDGED_ALIKE = ("native_block", "cpu_burn", "gil_held_native_wait", "gil_held_native_cpu",
+                "cooperative")
+OWN_CODE = Path(geventcheck.__file__).parent
 
 
 def judged(report: dict[str, Any] | None) -> dict[str, tuple[Any, ...]]:
@@ -69,15 +75,95 @@ def test_the_embedded_worker_judges_as_the_in_process_audit(inprocess: AuditResu
                                                             embedded: AuditResult) -> None:
     assert embedded.returncode == inprocess.returncode == 1, embedded.stderr
     worker, local = judged(embedded.report), judged(inprocess.report)
-    for name in ("native_block", "cpu_burn", "cooperative"):
+    for name in JUDGED_ALIKE:
         assert worker[name] == local[name], (name, worker[name], local[name])
     assert worker["native_block"] == ("no-go", "prefork", ["blocking-call"])
     assert worker["cpu_burn"] == ("no-go", "prefork", ["cpu-bound"])
+    # native code that keeps the GIL: no watcher can look during it, yet a wait is still
+    # a wait and a computation still CPU work
+    assert worker["gil_held_native_wait"] == ("no-go", "prefork", ["blocking-call"])
+    assert worker["gil_held_native_cpu"] == ("no-go", "prefork", ["cpu-bound"])
     assert worker["cooperative"] == ("go", "gevent", [])
     assert embedded.report is not None
     assert embedded.report["settings"]["mode"] == "worker"
     assert embedded.report["environment"]["patched"] is True
     jsonschema.validate(embedded.report, json.loads(SCHEMA.read_text()))
+
+
+def _line_of(marker: str) -> int:
+    lines = (APPS / "workerapp" / "tasks.py").read_text().splitlines()
+    return next(i for i, line in enumerate(lines, 1) if marker in line)
+
+
+def _blamed_on_geventcheck(report: dict[str, Any] | None) -> list[str]:
+    assert report is not None
+    return [f"{t['name']}: {f['message']}" for t in report["tasks"] for f in t["findings"]
+            if f["file"] and Path(f["file"]).resolve().is_relative_to(OWN_CODE)]
+
+
+def test_gil_holding_native_code_is_blamed_on_the_tasks_line_never_on_geventcheck(
+        embedded: AuditResult) -> None:
+    """The worker reads the stack the moment such a call gives the GIL back: it shows the
+    task's line, not the probe code that ran after the task (once blamed on the probe's
+    own `_emit`, as geventcheck's package counted as the app's code)."""
+    assert embedded.report is not None
+    assert not _blamed_on_geventcheck(embedded.report)
+    tasks = {t["name"].rsplit(".", 1)[1]: t for t in embedded.report["tasks"]}
+    for name, marker in (("gil_held_native_wait", "a wait in C that keeps the GIL"),
+                         ("gil_held_native_cpu", "C computation that keeps the GIL")):
+        errors = [f for f in tasks[name]["findings"] if f["severity"] == "error"]
+        assert all("kept the GIL" in f["message"] for f in errors), errors
+        assert ("workerapp/tasks.py", _line_of(marker)) in {
+            (f["file"], f["line"]) for f in errors}, errors
+
+
+def test_the_worker_counts_the_apps_folders_not_geventcheck_as_its_code() -> None:
+    from celery import Celery
+
+    from geventcheck._workerprobe import COLLECT_TASK, _collect, app_roots
+
+    app = Celery("rootsapp", set_as_current=False)
+    app.task(name=COLLECT_TASK)(_collect)  # as the probe adds it to every app it joins
+    app.task(name="rootsapp.judged")(judged)  # a task of the app's, in this folder
+    assert app_roots(app) == (str(Path(__file__).resolve().parent) + os.sep,)
+
+
+def test_the_embedded_broker_never_hands_the_worker_a_half_written_message(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kombu's filesystem transport creates a message's file, then writes it: a worker
+    polling in between took the empty file and died decoding it. Here the worker polls
+    while each message is being serialized, the moment kombu's file stood empty."""
+    from queue import Empty
+
+    from kombu import Connection, Producer
+    from kombu.transport import filesystem
+
+    from geventcheck._doctorlive import private_queue
+    from geventcheck._workermode import _broker, _sender
+    from geventcheck._workerprobe import filesystem_options
+
+    broker = _broker(None, str(tmp_path))
+    assert broker.folder is not None
+    _, audit = _sender(broker)
+    queue = private_queue(f"{QUEUE_PREFIX}whole", 60)
+    worker = Connection("filesystem://", transport_options=filesystem_options(broker.folder))
+    polled: list[Any] = []
+    serialize = filesystem.dumps
+
+    def serialize_while_the_worker_polls(obj: Any) -> str:
+        try:
+            polled.append(worker.default_channel._get(queue.name))
+        except Empty:
+            polled.append(None)
+        return str(serialize(obj))
+
+    monkeypatch.setattr(filesystem, "dumps", serialize_while_the_worker_polls)
+    with audit, worker:
+        Producer(audit).publish({"n": 1}, routing_key=queue.name, exchange=queue.exchange,
+                                declare=[queue])
+        assert polled and all(seen is None for seen in polled)  # nothing, or all of it
+        channel = worker.default_channel
+        assert channel.message_to_python(channel._get(queue.name)).decode() == {"n": 1}
 
 
 def test_a_worker_that_dies_or_hangs_is_a_finding_and_the_audit_goes_on(
@@ -107,6 +193,7 @@ def test_a_worker_on_a_real_broker_judges_the_same_and_leaves_nothing_queued(
         if name not in ("exits_worker", "waits_forever")} | {
         "exits_worker": ("no-go", "prefork", ["crash"]),
         "waits_forever": ("no-go", "prefork", ["timeout"])}
+    assert not _blamed_on_geventcheck(result.report)
     assert not our_workers()
     assert not _left_in(service)
 
