@@ -8,6 +8,7 @@ what it measures as JSON lines to ``$GEVENTCHECK_WORKER_OUT``; the parent judges
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -60,6 +61,7 @@ class HubProbe(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def start(self, worker: Any) -> None:
         import greenlet
+        from gevent import get_hub
         from gevent.monkey import is_module_patched
 
         from ._paths import is_audited_file
@@ -67,7 +69,7 @@ class HubProbe(bootsteps.StartStopStep):  # type: ignore[misc]
         from .runner import _appload
 
         # imported here, not in a task's run: an import is a stall of geventcheck's own
-        _STATE.update(drivers=_drivers, stalls=_stalls)
+        _STATE.update(drivers=_drivers, stalls=_stalls, hub=get_hub())
 
         app = worker.app
         roots = app_roots(app)
@@ -109,11 +111,16 @@ def _postrun(task_id: str | None = None, task: Any = None, state: str | None = N
     error = repr(retval) if state not in ("SUCCESS", None) else None
     # as the in-process audit measures a run: a busy machine's share and the monitor's
     # own are left out of the task's time
-    _emit("run", id=task_id, task=task.name, state=state, error=error,
-          wall_ms=(time.perf_counter() - wall) * 1000,
-          cpu_ms=(time.thread_time() - cpu) * 1000,
-          queued_ms=(monitor.queued_ms() if monitor is not None else 0.0) - queued,
-          overhead_ms=((monitor.held_s if monitor is not None else 0.0) - held) * 1000)
+    run = {"id": task_id, "task": task.name, "state": state, "error": error,
+           "wall_ms": (time.perf_counter() - wall) * 1000,
+           "cpu_ms": (time.thread_time() - cpu) * 1000,
+           "queued_ms": (monitor.queued_ms() if monitor is not None else 0.0) - queued,
+           "overhead_ms": ((monitor.held_s if monitor is not None else 0.0) - held) * 1000}
+    # Written by the hub once the task's greenlet has ended, not here: the write lets go
+    # of the GIL three times, and on a busy machine the monitor's looks landed in it and
+    # called the task's own stall geventcheck's work, not judged. In process, nothing of
+    # the audit's writes inside a run either.
+    _STATE["hub"].loop.run_callback(functools.partial(_emit, "run", **run))
 
 
 def _collect(phase_id: str, run: int, threshold_ms: float, warn_ms: float,
