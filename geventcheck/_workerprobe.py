@@ -8,7 +8,6 @@ what it measures as JSON lines to ``$GEVENTCHECK_WORKER_OUT``; the parent judges
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -114,13 +113,18 @@ def _postrun(task_id: str | None = None, task: Any = None, state: str | None = N
     run = {"id": task_id, "task": task.name, "state": state, "error": error,
            "wall_ms": (time.perf_counter() - wall) * 1000,
            "cpu_ms": (time.thread_time() - cpu) * 1000,
-           "queued_ms": (monitor.queued_ms() if monitor is not None else 0.0) - queued,
            "overhead_ms": ((monitor.held_s if monitor is not None else 0.0) - held) * 1000}
-    # Written by the hub once the task's greenlet has ended, not here: the write lets go
-    # of the GIL three times, and on a busy machine the monitor's looks landed in it and
-    # called the task's own stall geventcheck's work, not judged. In process, nothing of
-    # the audit's writes inside a run either.
-    _STATE["hub"].loop.run_callback(functools.partial(_emit, "run", **run))
+    # Finished by the hub once the task's greenlet has ended, not here: reading schedstat
+    # and writing the line let go of the GIL, and on a busy machine the monitor's looks
+    # landed there and called a GIL-holding task's stall geventcheck's own work, not
+    # judged. The hub runs the callback before it takes the next message.
+    _STATE["hub"].loop.run_callback(_emit_run, run, queued)
+
+
+def _emit_run(run: dict[str, Any], queued_before: float) -> None:
+    monitor = _STATE["monitor"]
+    queued = (monitor.queued_ms() if monitor is not None else 0.0) - queued_before
+    _emit("run", **run, queued_ms=queued)
 
 
 def _collect(phase_id: str, run: int, threshold_ms: float, warn_ms: float,
