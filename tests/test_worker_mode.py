@@ -5,10 +5,13 @@ nothing is left running or queued."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,9 @@ QUEUE_PREFIX = "geventcheck.audit."
 JUDGED_ALIKE = ("native_block", "cpu_burn", "gil_held_native_wait", "gil_held_native_cpu",
                 "cooperative")
 OWN_CODE = Path(geventcheck.__file__).parent
+# marks the processes this test session starts: the machine may run other sessions' audits
+SESSION = {"GEVENTCHECK_TEST_SESSION": uuid.uuid4().hex}
+MARK = "GEVENTCHECK_TEST_SESSION={GEVENTCHECK_TEST_SESSION}".format(**SESSION).encode()
 
 
 def judged(report: dict[str, Any] | None) -> dict[str, tuple[Any, ...]]:
@@ -37,38 +43,58 @@ def judged(report: dict[str, Any] | None) -> dict[str, tuple[Any, ...]]:
 
 
 def our_workers() -> list[str]:
-    """Worker processes of this test app still running, by their command line."""
+    """Worker processes this session's audits started that still run, by their command
+    line and this session's mark in their environment (other test sessions on the machine
+    audit the same app at the same time)."""
     found = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if "geventcheck._workerprobe" in cmdline and "workerapp" in cmdline:
+        if "geventcheck._workerprobe" in cmdline and "workerapp" in cmdline \
+                and MARK in environ:
             found.append(f"{pid}: {cmdline}")
     return found
 
 
+def audit_watching_queues(*args: str, tmp_path: Path) -> tuple[AuditResult, set[str]]:
+    """The audit, and the private queues its workers consumed (their `-Q`), seen while
+    it ran: the broker holds other sessions' audit queues too."""
+    queues: set[str] = set()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(run_audit, *args, tmp_path=tmp_path, env=SESSION)
+        while not running.done():
+            for line in our_workers():
+                words = line.split()
+                if "-Q" in words:
+                    queues.add(words[words.index("-Q") + 1])
+            time.sleep(0.1)
+        return running.result(), queues
+
+
 @pytest.fixture(scope="module")
 def inprocess(tmp_path_factory: pytest.TempPathFactory) -> AuditResult:
-    return run_audit(*FAST, tmp_path=tmp_path_factory.mktemp("inprocess"))
+    return run_audit(*FAST, tmp_path=tmp_path_factory.mktemp("inprocess"), env=SESSION)
 
 
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory: pytest.TempPathFactory) -> AuditResult:
-    return run_audit(*FAST, "--mode", "worker", tmp_path=tmp_path_factory.mktemp("embedded"))
+    return run_audit(*FAST, "--mode", "worker", tmp_path=tmp_path_factory.mktemp("embedded"),
+                     env=SESSION)
 
 
-def _left_in(service: str) -> list[str]:
-    """The audit's queues (and their Redis keys) still on the broker."""
+def _left_in(service: str, queues: set[str]) -> list[str]:
+    """These queues (and their Redis keys) still on the broker."""
     if service == "redis":
         cmd = ["redis-cli", "-u", REDIS_URL, "--scan", "--pattern", f"*{QUEUE_PREFIX}*"]
     else:
         cmd = ["rabbitmqctl", "-q", "list_queues", "name"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True)
-    return [line for line in done.stdout.split() if QUEUE_PREFIX in line]
+    return [line for line in done.stdout.split() if any(q in line for q in queues)]
 
 
 def test_the_embedded_worker_judges_as_the_in_process_audit(inprocess: AuditResult,
@@ -126,6 +152,34 @@ def test_the_worker_counts_the_apps_folders_not_geventcheck_as_its_code() -> Non
     app.task(name=COLLECT_TASK)(_collect)  # as the probe adds it to every app it joins
     app.task(name="rootsapp.judged")(judged)  # a task of the app's, in this folder
     assert app_roots(app) == (str(Path(__file__).resolve().parent) + os.sep,)
+
+
+def test_the_probe_writes_a_runs_measures_only_once_the_tasks_greenlet_has_ended(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write (and a schedstat read) inside the task's greenlet lets go of the GIL: on a
+    busy machine the monitor looked there and called a GIL-holding task's stall
+    geventcheck's own work, not judged."""
+    from types import SimpleNamespace
+
+    import gevent
+
+    from geventcheck import _workerprobe as probe
+
+    out = tmp_path / "worker.jsonl"
+    monkeypatch.setenv(probe.OUT_ENV, str(out))
+    monkeypatch.setattr(probe, "_STATE", {"monitor": None, "runs": {}, "hub": gevent.get_hub()})
+    task = SimpleNamespace(name="workerapp.tasks.cooperative")
+
+    def one_run() -> bool:
+        probe._prerun(task_id="t1", task=task)
+        probe._postrun(task_id="t1", task=task, state="SUCCESS", retval="ok")
+        return out.exists()
+
+    assert gevent.spawn(one_run).get() is False  # nothing written while the task's run lasted
+    [line] = out.read_text().splitlines()
+    run = json.loads(line)
+    assert (run["event"], run["id"], run["state"], run["error"]) == ("run", "t1", "SUCCESS", None)
+    assert run["wall_ms"] >= 0 and run["queued_ms"] == 0.0
 
 
 def test_the_embedded_broker_never_hands_the_worker_a_half_written_message(
@@ -186,7 +240,8 @@ def test_a_worker_on_a_real_broker_judges_the_same_and_leaves_nothing_queued(
         inprocess: AuditResult, tmp_path: Path, service: str) -> None:
     require_service(service)
     url = REDIS_URL if service == "redis" else RABBITMQ_URL
-    result = run_audit(*FAST, "--mode", "worker", "--broker", url, tmp_path=tmp_path)
+    result, queues = audit_watching_queues(*FAST, "--mode", "worker", "--broker", url,
+                                           tmp_path=tmp_path)
     assert result.returncode == 1, result.stderr
     assert judged(result.report) == {
         name: verdict for name, verdict in judged(inprocess.report).items()
@@ -195,7 +250,8 @@ def test_a_worker_on_a_real_broker_judges_the_same_and_leaves_nothing_queued(
         "waits_forever": ("no-go", "prefork", ["timeout"])}
     assert not _blamed_on_geventcheck(result.report)
     assert not our_workers()
-    assert not _left_in(service)
+    assert queues and all(q.startswith(QUEUE_PREFIX) for q in queues), queues
+    assert not _left_in(service, queues)
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -207,7 +263,8 @@ def test_a_worker_on_a_real_broker_judges_the_same_and_leaves_nothing_queued(
 ])
 def test_worker_mode_usage_errors_are_one_line(args: tuple[str, ...], message: str) -> None:
     done = subprocess.run([sys.executable, "-m", "geventcheck", "audit", *FAST, *args],
-                          cwd=APPS, capture_output=True, text=True, timeout=120)
+                          cwd=APPS, capture_output=True, text=True, timeout=120,
+                          env=os.environ | SESSION)
     assert done.returncode == 2
     assert done.stderr == f"geventcheck: error: {message}\n"
     assert not our_workers()
@@ -216,7 +273,7 @@ def test_worker_mode_usage_errors_are_one_line(args: tuple[str, ...], message: s
 def test_an_app_the_worker_cannot_load_is_one_line(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "geventcheck", "audit", "-A", "nosuchapp",
                            "--mode", "worker"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, env=os.environ | SESSION)
     assert done.returncode == 2
     assert done.stderr.startswith("geventcheck: error: --mode worker: the worker exited")
     assert "nosuchapp" in done.stderr and done.stderr.count("\n") == 1
@@ -230,7 +287,7 @@ def test_a_killed_audit_leaves_no_worker_running(tmp_path: Path) -> None:
     audit = subprocess.Popen(
         [sys.executable, "-m", "geventcheck", "audit", "-A", "workerapp", "--mode", "worker",
          "--task", "*waits_forever", "--task-timeout", "120"],
-        cwd=APPS, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cwd=APPS, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ | SESSION)
     try:
         deadline = time.monotonic() + 120
         def started() -> bool:  # Celery's own entry point is running, not the launcher
