@@ -287,7 +287,9 @@ def test_a_killed_audit_leaves_no_worker_running(tmp_path: Path) -> None:
     audit = subprocess.Popen(
         [sys.executable, "-m", "geventcheck", "audit", "-A", "workerapp", "--mode", "worker",
          "--task", "*waits_forever", "--task-timeout", "120"],
-        cwd=APPS, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ | SESSION)
+        cwd=APPS, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        # a SIGKILLed audit cannot delete its temporary folder: keep it in the test's own
+        env=os.environ | SESSION | {"TMPDIR": str(tmp_path)})
     try:
         deadline = time.monotonic() + 120
         def started() -> bool:  # Celery's own entry point is running, not the launcher
