@@ -11,6 +11,7 @@ the queue deleted in every case.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -150,21 +151,63 @@ class _Worker:
 def _broker(url: str | None, tmp: str) -> _Broker:
     if url:
         return _Broker(url, None)
+    from ._workerprobe import filesystem_options
+
     folder = os.path.join(tmp, "broker")
     os.mkdir(folder)
+    os.mkdir(filesystem_options(folder)["processed_folder"])
     return _Broker("filesystem://", folder)
 
 
-def _sender(broker: _Broker) -> Any:
-    """A bare Celery app that only publishes: the app itself is never imported here."""
+def _whole_message_transport() -> type:
+    """kombu's filesystem transport, except that a message appears in the folder whole.
+
+    kombu creates a message's file under its final name and writes it afterwards; a
+    worker that polls in between takes the empty file and dies decoding it (seen on a
+    busy machine). Here the message is written under a name no queue matches, then
+    renamed: a rename is atomic, so the worker sees all of it or nothing.
+    """
+    from kombu.exceptions import ChannelError
+    from kombu.transport import filesystem
+
+    class Channel(filesystem.Channel):
+        # spelled as kombu's filesystem Channel spells it, not as its base class
+        def _put(self, queue: Any, payload: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+            text: str = filesystem.dumps(payload)  # type: ignore[attr-defined,no-untyped-call]
+            folder = self.data_folder_out
+            name = f"{round(time.monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
+            fd, partial = tempfile.mkstemp(prefix=".", suffix=".part", dir=folder)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(text.encode())
+                os.replace(partial, os.path.join(folder, name))
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.unlink(partial)
+                raise ChannelError(f"Cannot add {name!r} to {folder}") from exc
+
+    class Transport(filesystem.Transport):
+        pass
+
+    Transport.Channel = Channel
+    return Transport
+
+
+def _sender(broker: _Broker) -> tuple[Any, Any]:
+    """A bare Celery app that only publishes (the app itself is never imported here), and
+    its connection to the broker."""
     from celery import Celery
 
     sender = Celery("geventcheck-worker-mode", broker=broker.url, set_as_current=False)
-    if broker.folder:
-        from ._workerprobe import filesystem_options
+    if broker.folder is None:
+        return sender, sender.connection_for_write()
+    from kombu.connection import Connection
 
-        sender.conf.broker_transport_options = filesystem_options(broker.folder)
-    return sender
+    from ._workerprobe import filesystem_options
+
+    return sender, Connection(  # type: ignore[no-untyped-call]
+        transport=_whole_message_transport(),
+        transport_options=filesystem_options(broker.folder))
 
 
 class _Session:
@@ -179,19 +222,21 @@ class _Session:
         self.ttl = plan.settings.task_timeout_s * 4 + 600
         self.queue_name = f"{QUEUE_PREFIX}{uuid.uuid4().hex}"
         self.queue = private_queue(self.queue_name, self.ttl)
-        self.sender = _sender(broker)
-        self.connection = self.sender.connection_for_write()
+        self.sender, self.connection = _sender(broker)
         self.worker: _Worker | None = None
         self.started = 0
         self.ready: dict[str, Any] = {}
         self.phase_count = 0
 
     def check_broker(self) -> None:
-        """Reach the broker before starting anything: AuditError (one line) when it cannot."""
+        """Reach the broker before starting anything: AuditError (one line) when it cannot.
+        Then declare the private queue: the worker finds it whole (the filesystem
+        transport's exchange table is a file a reader could otherwise catch half written)."""
         try:
             self.connection.ensure_connection(max_retries=1)
         except Exception as exc:
             raise AuditError(f"--broker: cannot reach {self.broker.url}: {exc}") from None
+        self.queue(self.connection.default_channel).declare()
 
     def start_worker(self) -> None:
         self.started += 1

@@ -25,9 +25,11 @@ _STATE: dict[str, Any] = {"monitor": None, "roots": (), "runs": {}}
 
 
 def filesystem_options(folder: str) -> dict[str, Any]:
-    """kombu's filesystem transport kept inside ``folder``: messages and the exchange
-    tables alike (its default control folder is relative to the working directory)."""
-    return {"data_folder_in": folder, "data_folder_out": folder, "store_processed": False,
+    """kombu's filesystem transport kept inside ``folder``: messages, the exchange tables
+    and the messages taken (its default control folder is relative to the working
+    directory, and without ``store_processed`` a taken message passes through /tmp)."""
+    return {"data_folder_in": folder, "data_folder_out": folder, "store_processed": True,
+            "processed_folder": os.path.join(folder, "processed"),
             "control_folder": os.path.join(folder, "control"), "polling_interval": 0.05}
 
 
@@ -41,6 +43,16 @@ def _emit(event: str, **data: Any) -> None:
         os.close(fd)
 
 
+def app_roots(app: Any) -> tuple[str, ...]:
+    """The folders of the app's own code. The collect task is geventcheck's, so its
+    package is none of them: else a stall that ends in the probe's own code (a GIL-holding
+    call read the moment it gave the GIL back) is blamed on geventcheck's lines."""
+    from .runner import _appload
+
+    own = os.path.dirname(os.path.realpath(__file__)) + os.sep
+    return tuple(root for root in _appload.app_roots(app) if root != own)
+
+
 class HubProbe(bootsteps.StartStopStep):  # type: ignore[misc]
     """Starts geventcheck's hub monitor with the worker's pool, stops it with the worker."""
 
@@ -48,6 +60,7 @@ class HubProbe(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def start(self, worker: Any) -> None:
         import greenlet
+        from gevent import get_hub
         from gevent.monkey import is_module_patched
 
         from ._paths import is_audited_file
@@ -55,10 +68,10 @@ class HubProbe(bootsteps.StartStopStep):  # type: ignore[misc]
         from .runner import _appload
 
         # imported here, not in a task's run: an import is a stall of geventcheck's own
-        _STATE.update(drivers=_drivers, stalls=_stalls)
+        _STATE.update(drivers=_drivers, stalls=_stalls, hub=get_hub())
 
         app = worker.app
-        roots = _appload.app_roots(app)
+        roots = app_roots(app)
         monitor = _hub.HubMonitor(_CFG.get("warn_ms", 10.0) / 1000,
                                   is_app_file=lambda path: is_audited_file(path, roots))
         monitor.start()
@@ -82,8 +95,11 @@ class HubProbe(bootsteps.StartStopStep):  # type: ignore[misc]
 def _prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
     if task is not None and task.name != COLLECT_TASK:
         monitor = _STATE["monitor"]
+        # nothing here may let go of the GIL (a schedstat read does): this is the task's
+        # run, and a look of the monitor landing in geventcheck's code called a
+        # GIL-holding task's stall geventcheck's own work (busy machine, 1 run in 5)
         _STATE["runs"][task_id] = (time.perf_counter(), time.thread_time(),
-                                   monitor.queued_ms() if monitor is not None else 0.0,
+                                   monitor.looked_queued_ms() if monitor is not None else 0.0,
                                    monitor.held_s if monitor is not None else 0.0)
 
 
@@ -97,11 +113,21 @@ def _postrun(task_id: str | None = None, task: Any = None, state: str | None = N
     error = repr(retval) if state not in ("SUCCESS", None) else None
     # as the in-process audit measures a run: a busy machine's share and the monitor's
     # own are left out of the task's time
-    _emit("run", id=task_id, task=task.name, state=state, error=error,
-          wall_ms=(time.perf_counter() - wall) * 1000,
-          cpu_ms=(time.thread_time() - cpu) * 1000,
-          queued_ms=(monitor.queued_ms() if monitor is not None else 0.0) - queued,
-          overhead_ms=((monitor.held_s if monitor is not None else 0.0) - held) * 1000)
+    run = {"id": task_id, "task": task.name, "state": state, "error": error,
+           "wall_ms": (time.perf_counter() - wall) * 1000,
+           "cpu_ms": (time.thread_time() - cpu) * 1000,
+           "overhead_ms": ((monitor.held_s if monitor is not None else 0.0) - held) * 1000}
+    # Finished by the hub once the task's greenlet has ended, not here: reading schedstat
+    # and writing the line let go of the GIL, and on a busy machine the monitor's looks
+    # landed there and called a GIL-holding task's stall geventcheck's own work, not
+    # judged. The hub runs the callback before it takes the next message.
+    _STATE["hub"].loop.run_callback(_emit_run, run, queued)
+
+
+def _emit_run(run: dict[str, Any], queued_before: float) -> None:
+    monitor = _STATE["monitor"]
+    queued = (monitor.queued_ms() if monitor is not None else 0.0) - queued_before
+    _emit("run", **run, queued_ms=queued)
 
 
 def _collect(phase_id: str, run: int, threshold_ms: float, warn_ms: float,

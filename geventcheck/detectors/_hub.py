@@ -426,6 +426,12 @@ class HubMonitor:
         a busy machine's share of a run, read through the monitor's own descriptor."""
         return read_queued(self._schedstat) * 1000
 
+    def looked_queued_ms(self) -> float:
+        """``queued_ms()`` as the watcher last read it (at most one tick ago), for a caller
+        that must not let go of the GIL: reading schedstat does."""
+        marks = self._marks
+        return marks[-1][2] * 1000 if marks else self.queued_ms()
+
     @staticmethod
     def _mark_at_or_before(marks: Marks, t: float) -> tuple[float, float, float] | None:
         index = bisect.bisect_right(marks, (t, math.inf, math.inf))

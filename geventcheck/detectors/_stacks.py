@@ -100,9 +100,14 @@ class StackReader:
         self._out = _DumpFile("geventcheck-stack")
 
     def read(self) -> tuple[FrameInfo, ...]:
+        # Nothing may let go of the GIL before the dump (os.ftruncate, os.lseek and a
+        # file object's flush all do): the audited thread would run on, and a stack read
+        # the moment GIL-holding native code returned would no longer show its line. So
+        # the dump goes to the bare descriptor, and the file is emptied after reading.
+        faulthandler.dump_traceback(file=self._out.fd, all_threads=True)
+        text = self._out.read()
         self._out.clear()
-        faulthandler.dump_traceback(file=self._out.file, all_threads=True)
-        return parse_dump(self._out.read(), self.ident)
+        return parse_dump(text, self.ident)
 
     def close(self) -> None:
         self._out.close()

@@ -1,5 +1,5 @@
-"""One blocking, one CPU-bound and one cooperative task: a real gevent worker must judge
-them as the in-process audit does."""
+"""Blocking, CPU-bound (with and without the GIL held in native code) and cooperative tasks:
+a real gevent worker must judge them as the in-process audit does."""
 
 import ctypes
 import os
@@ -8,6 +8,7 @@ import time
 from .celery import app
 
 LIBC = ctypes.CDLL(None)
+PYDLL = ctypes.PyDLL(None)  # calls through PyDLL keep the GIL
 
 
 @app.task
@@ -22,6 +23,19 @@ def cpu_burn():
     for _ in range(6_000_000):  # a fixed amount of work, several hundred ms of CPU here
         n += 1
     return n
+
+
+@app.task
+def gil_held_native_wait():
+    PYDLL.usleep(150_000)  # a wait in C that keeps the GIL: no Python thread runs meanwhile
+    return "slept holding the GIL"
+
+
+@app.task
+def gil_held_native_cpu():
+    import math
+
+    return math.factorial(90_000).bit_length()  # C computation that keeps the GIL
 
 
 @app.task
