@@ -24,7 +24,9 @@ class ConfigError(Exception):
 class CanaryConfig:
     threshold_ms: float = 50.0  # a stall this long is a blocking event (as the audit's)
     warn_ms: float = 10.0  # shorter stalls are not recorded at all
-    sample_ms: float = 10.0  # how often the sampler thread looks during a long iteration
+    # how often the sampler thread wakes to look; None: threshold_ms - warn_ms, so that
+    # every stall past the threshold gets a look at least warn_ms into it
+    sample_ms: float | None = None
     port: int | None = DEFAULT_PORT  # Prometheus endpoint; None: none (the app serves it)
     redis: str | None = None  # where summaries go; None: not pushed
     deployment: str | None = None  # the summaries' group in Redis; None: the app's name
@@ -33,7 +35,7 @@ class CanaryConfig:
 
     def __post_init__(self) -> None:
         for name in ("threshold_ms", "warn_ms", "sample_ms", "push_s", "flush_s"):
-            if not getattr(self, name) > 0:
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be more than 0, not {getattr(self, name)!r}")
         if self.warn_ms > self.threshold_ms:
             raise ConfigError(f"warn_ms ({self.warn_ms:g}) must not exceed threshold_ms "
@@ -43,6 +45,12 @@ class CanaryConfig:
         if self.redis is not None and not self.redis.startswith(("redis://", "rediss://",
                                                                  "unix://")):
             raise ConfigError(f"redis must be a redis:// URL, not {self.redis!r}")
+
+    @property
+    def sample_every_ms(self) -> float:
+        if self.sample_ms is not None:
+            return self.sample_ms
+        return max(self.threshold_ms - self.warn_ms, self.warn_ms / 2)
 
 
 _NUMBERS = {"THRESHOLD_MS": "threshold_ms", "WARN_MS": "warn_ms", "SAMPLE_MS": "sample_ms",

@@ -82,7 +82,7 @@ class Canary:
 
             self._redis = connect(config.redis)
         self._watch = LoopWatch(gevent.get_hub().loop, min_stall_s=config.warn_ms / 1000,
-                                sample_every_s=config.sample_ms / 1000,
+                                sample_every_s=config.sample_every_ms / 1000,
                                 on_error=lambda message: log.error("geventcheck canary: %s",
                                                                    message))
         self._watch.start()

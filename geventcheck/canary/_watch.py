@@ -8,12 +8,13 @@ per iteration, whatever the number of greenlet switches (FIELD-NOTES: a 50 ms na
 sleep timed as a 50.5 ms gap).
 
 Which greenlet stalled comes from samples: a native thread (the unpatched originals)
-wakes every ``sample_every_s``; when an iteration has been running longer than that, it
-reads the stalled thread's syscall, the native libraries on its stack and, through
-faulthandler while it holds the GIL, its Python stack. The watch never walks another
-thread's frames and never runs the app's code. A look that comes much later than planned
-means native code kept the GIL meanwhile: the stack it reads is where the thread resumed,
-kept apart from the samples.
+wakes every ``sample_every_s``; when an iteration has been running longer than
+``min_stall_s``, it reads the stalled thread's syscall, the native libraries on its stack
+and, through faulthandler while it holds the GIL, its Python stack. Each wake takes the
+GIL from a busy hub, so it wakes only as often as every stall past the threshold needs
+to get a look. The watch never walks another thread's frames and never runs the app's
+code. A look that comes much later than planned means native code kept the GIL
+meanwhile: the stack it reads is where the thread resumed, kept apart from the samples.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ class LoopWatch:
     """Stalls of one hub's loop; ``take()`` hands over those found since the last call."""
 
     def __init__(self, loop: Any, *, min_stall_s: float = 0.01,
-                 sample_every_s: float = 0.005,
+                 sample_every_s: float = 0.04,
                  on_error: Callable[[str], None] | None = None) -> None:
         self.loop = loop
         self.min_stall_s = min_stall_s
@@ -166,8 +167,8 @@ class LoopWatch:
             if late:
                 self._blind_spans.append((planned, now))
             began = self._began
-            if began is None or now - began < self.sample_every_s:
-                continue
+            if began is None or now - began < self.min_stall_s:
+                continue  # no iteration under way, or too young to be a stall
             try:
                 self._look(began, late, stacks, syscalls, callers)
             except Exception as exc:  # the watch goes on; the worker hears of it once
