@@ -134,7 +134,9 @@ class Digester:
                 if piece.duration_s >= self.warn_s]
 
     def _digest(self, stall: LoopStall, owner: str | None) -> Digested:
-        samples = [Sample(look.syscall, look.stack, libraries=look.libraries,
+        # a module imported through a relative sys.path entry names its file relatively:
+        # one file, one name, so that its findings fold into one
+        samples = [Sample(look.syscall, _absolute(look.stack), libraries=look.libraries,
                           gil_wait=look.gil_wait) for look in stall.looks]
         peers = {look.syscall.fd: look.peer for look in stall.looks
                  if look.syscall.fd is not None and not look.gil_wait}
@@ -144,13 +146,19 @@ class Digester:
                          Evidence(samples, peers),
                          queued_s=stall.queued_between(stall.start, end),
                          collections=collections,
-                         unseen=not samples and stall.blind, resumed_stack=stall.resumed)
+                         unseen=not samples and stall.blind,
+                         resumed_stack=_absolute(stall.resumed))
         findings = _stalls.stall_findings([measured], threshold_s=self.threshold_s,
                                           warn_s=self.warn_s, app_roots=self.app_roots)
         stacks = [look.stack for look in stall.looks if look.stack]
         own = bool(stacks) and sum(map(_is_canary_work, stacks)) * 2 >= len(stacks)
         return Digested(self._blame(stall, owner), stall.duration_s,
                         tuple(f for f in findings if f.severity != "info"), own)
+
+
+def _absolute(stack: tuple[FrameInfo, ...]) -> tuple[FrameInfo, ...]:
+    return tuple(f if f.file.startswith(("/", "<")) else
+                 FrameInfo(os.path.abspath(f.file), f.line, f.function) for f in stack)
 
 
 _CANARY_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
