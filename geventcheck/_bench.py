@@ -24,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._jsonlines import Reader, last_lines
 from ._procstat import TreeSampler, cpu_seconds, machine_jiffies
 from ._scenario import Scenario
 from ._workerenv import WorkerEnvironment, scenario_worker
@@ -137,7 +138,7 @@ class _Worker:
         self.queue_name = f"{QUEUE_PREFIX}{uuid.uuid4().hex}"
         self.out_path = os.path.join(folder, "bench.jsonl")
         self.log_path = os.path.join(folder, "worker.log")
-        self.offset = 0
+        self._out = Reader(self.out_path)
         pooled = spec.pool in ("gevent", "eventlet", "threads") and broker_url.startswith(
             ("redis", "rediss"))
         env = {**env, OUT_ENV: self.out_path, QUEUE_ENV: json.dumps({
@@ -154,15 +155,7 @@ class _Worker:
                                          start_new_session=True)
 
     def events(self) -> list[dict[str, Any]]:
-        try:
-            with open(self.out_path, "rb") as fh:
-                fh.seek(self.offset)
-                data = fh.read()
-        except FileNotFoundError:
-            return []
-        end = data.rfind(b"\n") + 1
-        self.offset += end
-        return [json.loads(line) for line in data[:end].splitlines() if line.strip()]
+        return self._out.read()
 
     def check_alive(self, what: str) -> None:
         code = self.proc.poll()
@@ -172,11 +165,7 @@ class _Worker:
             raise BenchError(f"the worker ({what}) {how}: {tail}")
 
     def log_tail(self, lines: int = 4) -> list[str]:
-        try:
-            with open(self.log_path, encoding="utf-8", errors="replace") as fh:
-                return [line.rstrip() for line in fh.readlines()[-lines:] if line.strip()]
-        except OSError:
-            return []
+        return [line for line in last_lines(self.log_path, lines) if line.strip()]
 
     def kill(self) -> None:
         from ._workermode import _KILL_WAIT_S

@@ -17,6 +17,8 @@ from typing import Any
 
 from celery import current_app, signals
 
+from ._jsonlines import append
+
 OUT_ENV = "GEVENTCHECK_BENCH_OUT"
 # JSON: {"name": ..., "ttl": ..., "max_connections": N or null}
 QUEUE_ENV = "GEVENTCHECK_BENCH_QUEUE"
@@ -26,12 +28,7 @@ _RAISED: list[int] = []  # the Redis pool size this module set, if it did
 
 
 def _emit(event: str, **data: Any) -> None:
-    line = json.dumps({"event": event, **data}, default=repr) + "\n"
-    fd = os.open(os.environ[OUT_ENV], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
+    append(os.environ[OUT_ENV], event, **data)
 
 
 def _prerun(task_id: str | None = None, **_: Any) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 
 from . import _version
 from ._audit import AuditPlan
+from ._jsonlines import Reader, last_lines
 from ._judge import judge
 from ._model import Environment, Finding, Report
 from .runner._parent import AuditError, TaskRecord
@@ -74,7 +75,7 @@ class _Worker:
 
         self.out_path = os.path.join(tmp, f"worker-{index}.jsonl")
         self.log_path = os.path.join(tmp, f"worker-{index}.log")
-        self.offset = 0
+        self._out = Reader(self.out_path)
         self.pending: list[dict[str, Any]] = []
         cfg = {"queue": queue_name, "ttl": ttl, "filesystem": broker.folder,
                "warn_ms": plan.settings.warn_ms, "globs": list(plan.globs)}
@@ -97,15 +98,7 @@ class _Worker:
 
     def events(self) -> list[dict[str, Any]]:
         """Lines the probe wrote since the last call (a torn last line waits)."""
-        try:
-            with open(self.out_path, "rb") as fh:
-                fh.seek(self.offset)
-                data = fh.read()
-        except FileNotFoundError:
-            return []
-        end = data.rfind(b"\n") + 1
-        self.offset += end
-        return [json.loads(line) for line in data[:end].splitlines() if line.strip()]
+        return self._out.read()
 
     def wait_for(self, match: Any, timeout: float, what: str) -> dict[str, Any]:
         """The first event ``match`` accepts; _WorkerGone when the worker dies or the
@@ -126,11 +119,7 @@ class _Worker:
             time.sleep(0.05)
 
     def log_tail(self, lines: int = 8) -> list[str]:
-        try:
-            with open(self.log_path, encoding="utf-8", errors="replace") as fh:
-                return [line.rstrip() for line in fh.readlines()[-lines:]]
-        except OSError:
-            return []
+        return last_lines(self.log_path, lines)
 
     def kill(self) -> None:
         """SIGTERM to the worker's process group, SIGKILL when it does not go."""

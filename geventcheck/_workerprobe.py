@@ -16,6 +16,8 @@ from typing import Any
 
 from celery import bootsteps, current_app, signals
 
+from ._jsonlines import append
+
 OUT_ENV = "GEVENTCHECK_WORKER_OUT"
 CONFIG_ENV = "GEVENTCHECK_WORKER_CONFIG"
 COLLECT_TASK = "geventcheck.worker.collect"
@@ -34,13 +36,7 @@ def filesystem_options(folder: str) -> dict[str, Any]:
 
 
 def _emit(event: str, **data: Any) -> None:
-    """One JSON line, appended with one write: the parent tails the file."""
-    line = json.dumps({"event": event, **data}, default=repr) + "\n"
-    fd = os.open(os.environ[OUT_ENV], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
+    append(os.environ[OUT_ENV], event, **data)
 
 
 def app_roots(app: Any) -> tuple[str, ...]:

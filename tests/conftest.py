@@ -50,6 +50,24 @@ def require_service(name: str) -> None:
         pytest.skip(message)
 
 
+def processes_with(*words: str, env_mark: bytes | None = None) -> list[str]:
+    """``pid: command line`` of every running process whose command line holds all the
+    words (and whose environment holds ``env_mark``, when given): what a test left behind."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            environ = (Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                       if env_mark is not None else [])
+        except OSError:
+            continue
+        if all(word in cmdline for word in words) and (env_mark is None or env_mark in environ):
+            found.append(f"{pid}: {cmdline}")
+    return found
+
+
 @dataclass
 class AuditResult:
     returncode: int

@@ -15,7 +15,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from .conftest import ROOT, require_service
+from .conftest import ROOT, processes_with, require_service
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
 EXAMX = ROOT / "scenarios" / "examx" / "scenario.toml"
@@ -29,17 +29,7 @@ def bench(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
 
 def bench_workers() -> list[str]:
     """Command lines of this module's bench workers still running (by their broker)."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if "geventcheck._benchprobe" in cmdline and REDIS_URL in cmdline:
-            found.append(cmdline)
-    return found
+    return processes_with("geventcheck._benchprobe", REDIS_URL)
 
 
 @pytest.fixture(scope="module")

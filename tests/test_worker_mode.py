@@ -20,7 +20,7 @@ import pytest
 
 import geventcheck
 
-from .conftest import APPS, SCHEMA, AuditResult, require_service, run_audit
+from .conftest import APPS, SCHEMA, AuditResult, processes_with, require_service, run_audit
 
 FAST = ("-A", "workerapp", "--runs", "2", "-c", "2", "--task-timeout", "5", "--explore", "0")
 REDIS_URL = "redis://127.0.0.1:6379/7"
@@ -46,19 +46,7 @@ def our_workers() -> list[str]:
     """Worker processes this session's audits started that still run, by their command
     line and this session's mark in their environment (other test sessions on the machine
     audit the same app at the same time)."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if "geventcheck._workerprobe" in cmdline and "workerapp" in cmdline \
-                and MARK in environ:
-            found.append(f"{pid}: {cmdline}")
-    return found
+    return processes_with("geventcheck._workerprobe", "workerapp", env_mark=MARK)
 
 
 def audit_watching_queues(*args: str, tmp_path: Path) -> tuple[AuditResult, set[str]]:
