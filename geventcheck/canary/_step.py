@@ -35,7 +35,7 @@ class Canary:
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
         self.info: dict[str, Any] = {}
         self._runs: dict[str, float] = {}
-        self._new_tasks: list[Any] = []
+        self._new_tasks: list[tuple[str, Any]] = []  # (task name, its function) first seen
         self._edges: Any = None
         self._watch: Any = None
         self._digester: Any = None
@@ -136,8 +136,8 @@ class Canary:
         name = task.name
         self._runs[task_id or ""] = now
         if name not in self._digester.codes.seen:
-            self._digester.codes.learn(task)
-            self._new_tasks.append(task)
+            # its bytecode is read for shared state in the next flush, off this path
+            self._new_tasks.append((name, self._digester.codes.learn(task)))
         self._edges.append((now, time.thread_time(), name, True))
 
     def _postrun(self, task_id: str | None = None, task: Any = None,
@@ -145,9 +145,7 @@ class Canary:
         now = time.perf_counter()
         name = task.name
         began = self._runs.pop(task_id or "", None)
-        tally = self.tallies.get(name)
-        if tally is None:
-            tally = self.tallies[name] = TaskTally(queue=_queue_of(task))
+        tally = self._tally(name, task)
         tally.runs += 1
         if state not in ("SUCCESS", "RETRY", None):
             tally.failed += 1
@@ -177,12 +175,10 @@ class Canary:
         from ._digest import UNATTRIBUTED, state_findings
 
         new, self._new_tasks = self._new_tasks, []
-        for task in new:
-            from ..detectors._bytecode import task_function
-
-            found = state_findings(task_function(task), self._digester.app_roots)
+        for name, func in new:
+            found = state_findings(func, self._digester.app_roots)
             if found:
-                self._tally(task.name, task).add(found)
+                self._tally(name).add(found)
         stalls = self._watch.take() if self._watch is not None else []
         for digested in (d for stall in stalls for d in self._digester.digest(stall)):
             if digested.own:
@@ -266,9 +262,6 @@ class CanaryStep(bootsteps.StartStopStep):  # type: ignore[misc]
     worker."""
 
     requires = ("celery.worker.components:Pool",)
-
-    def __init__(self, worker: Any, **kwargs: Any) -> None:
-        super().__init__(worker, **kwargs)
 
     def start(self, worker: Any) -> None:
         canary = _CANARY

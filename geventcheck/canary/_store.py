@@ -33,7 +33,7 @@ def split_url(url: str) -> tuple[str, str | None]:
     return urlunsplit(parts._replace(query=query)), deployment
 
 
-def _client(url: str) -> Any:
+def connect(url: str) -> Any:
     import redis
 
     if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
@@ -49,15 +49,11 @@ def push(client: Any, deployment: str, worker: str, summary: dict[str, Any]) -> 
     pipe.execute()
 
 
-def connect(url: str) -> Any:
-    return _client(url)
-
-
 def deployments(url: str) -> list[str]:
     import redis
 
     try:
-        keys = _client(url).scan_iter(match=f"{KEY_PREFIX}*", count=100)
+        keys = connect(url).scan_iter(match=f"{KEY_PREFIX}*", count=100)
         return sorted(k.decode()[len(KEY_PREFIX):] for k in keys)
     except redis.RedisError as exc:
         raise StoreError(f"cannot read {url}: {exc}") from None
@@ -68,7 +64,7 @@ def read(url: str, deployment: str) -> list[dict[str, Any]]:
     import redis
 
     try:
-        raw = _client(url).hgetall(key_of(deployment))
+        raw = connect(url).hgetall(key_of(deployment))
     except redis.RedisError as exc:
         raise StoreError(f"cannot read {url}: {exc}") from None
     summaries = []
